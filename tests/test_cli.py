@@ -1,0 +1,53 @@
+"""The installed command, end to end, in a subprocess (as a user runs it)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY
+
+
+@pytest.mark.slow
+def test_cli_seed_pipeline(tmp_path):
+    cmd = [sys.executable, "-m", "wsss", "stages=[train_cls,make_cam,eval_cam]", f"paths.root={tmp_path}",
+           *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "eval_cam/train/miou_best" in res.stdout and "run directory:" in res.stdout
+    run_dir = res.stdout.strip().splitlines()[-1].split("run directory: ")[1]
+    metrics = json.loads(open(f"{run_dir}/metrics.json").read())
+    assert {"eval_cam/train/miou", "eval_cam/train/threshold", "eval_cam/train/miou_best",
+            "eval_cam/train/threshold_best", "eval_cam/train/iou/background"} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_cli_bad_stage_name_fails_clearly(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "wsss", "stages=[train_clz]", f"paths.root={tmp_path}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode != 0
+    assert "unknown stage" in res.stderr + res.stdout
+
+
+@pytest.mark.slow
+def test_voc_layout_tree_without_annotations(tmp_path, voc200):
+    """`dataset=voc12 dataset.root=PATH` on a real VOC tree (a linked subset of voc200, no XML)."""
+    root = tmp_path / "voc"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    ids = (voc200 / "ImageSets/Segmentation/train.txt").read_text().split()
+    lists = {"train": ids[:6], "val": ids[6:9]}
+    for split, members in lists.items():
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(members) + "\n")
+        for i in members:
+            (root / "JPEGImages" / f"{i}.jpg").symlink_to(voc200 / "JPEGImages" / f"{i}.jpg")
+            (root / "SegmentationClass" / f"{i}.png").symlink_to(voc200 / "SegmentationClass" / f"{i}.png")
+    cmd = [sys.executable, "-m", "wsss", "dataset=voc12", f"dataset.root={root}", f"paths.root={tmp_path}",
+           "stages=[train_cls,make_cam,eval_cam]", "cls.epochs=1", "cls.batch_size=2", "cam.scales=[0.5]",
+           "num_workers=0", "trainer=cpu", "+trainer.enable_progress_bar=false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "falls back to train" in res.stdout + res.stderr  # no train_aug list, no SBD
+    run_dir = res.stdout.strip().splitlines()[-1].split("run directory: ")[1]
+    metrics = json.loads(open(f"{run_dir}/metrics.json").read())
+    assert "eval_cam/train/iou/person" in metrics and metrics["train_cls/train/images"] == 6

@@ -1,0 +1,57 @@
+"""Every config option and preset composes, and the contract's keys are there."""
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, compose_cfg
+from wsss.pipeline import ConfigError, selected_stages, validate
+
+GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml")) for g in
+          ("dataset", "cls", "cam", "trainer", "logger", "experiment")}
+
+
+def test_contract_keys_in_primary_config(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    for key in ("stages", "dataset", "cam", "trainer", "logger", "paths", "seed", "force"):
+        assert key in cfg
+    assert cfg.stages == "all" and cfg.dataset.name == "synthetic"
+    assert "data_dir" in cfg.paths and "artifacts_dir" in cfg.paths
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes(tmp_path, group, option):
+    extra = ["dataset.root=/data/voc"] if option in ("voc12",) or group == "experiment" else []
+    cfg = compose_cfg(tmp_path, f"{group}={option}", *extra)
+    OmegaConf.resolve(cfg)
+    assert "???" not in OmegaConf.to_yaml(cfg)
+    validate(cfg)
+    if group == "trainer":
+        assert cfg.trainer._target_.endswith("Trainer")
+    if group == "logger" and cfg.logger.get("_target_"):
+        assert instantiate(cfg.logger, name="x") is not None
+
+
+def test_experiment_presets_pin_the_reference_recipe(tmp_path):
+    cfg = compose_cfg(tmp_path, "experiment=cam_voc12", "dataset.root=/data/voc")
+    c = cfg.cls
+    assert (c.backbone, c.weights, c.freeze_bn_stats, c.momentum, c.lr, c.head_lr_mult) == \
+        ("resnet50", "imagenet", True, 1e-4, 0.1, 10)
+    assert (c.batch_size, c.epochs, c.crop_size, list(c.resize_long)) == (16, 5, 512, [320, 640])
+    assert list(cfg.cam.scales) == [1.0, 0.5, 1.5, 2.0] and cfg.cam.threshold == 0.15
+    assert "eval_cam/train/miou" in cfg.paper
+
+
+def test_stage_selection_orders_and_rejects_unknown():
+    assert selected_stages("all")[:3] == ["train_cls", "make_cam", "eval_cam"]
+    assert selected_stages(["eval_cam", "train_cls"]) == ["train_cls", "eval_cam"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        selected_stages(["train_cls", "make_cams"])
+
+
+@pytest.mark.parametrize("override,match", [("cam.threshold=1.5", "threshold"), ("cam.scales=[1.0,-0.5]", "scales"),
+                                            ("eval_cam.sweep.step=0", "sweep")])
+def test_out_of_range_values_are_refused(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(compose_cfg(tmp_path, override))

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsss.io import load_label_png, load_seed, read_json, save_label_png, save_seed, write_json
+
+
+def test_seed_round_trip_is_float16_without_pickle(tmp_path):
+    keys = np.array([2, 5])
+    high = np.random.default_rng(0).random((2, 13, 17)).astype(np.float32)
+    strided = high[:, ::4, ::4]
+    save_seed(tmp_path / "a.npz", keys, high, strided)
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"keys", "high_res", "strided"}
+        assert z["keys"].dtype == np.int64 and z["high_res"].dtype == np.float16
+    s = load_seed(tmp_path / "a.npz")
+    np.testing.assert_array_equal(s["keys"], keys)
+    np.testing.assert_allclose(s["high_res"], high, atol=1e-3)
+    assert s["strided"].shape == (2, 4, 5)
+
+
+def test_truncated_seed_names_the_file(tmp_path):
+    save_seed(tmp_path / "a.npz", np.array([1]), np.ones((1, 4, 4)), np.ones((1, 1, 1)))
+    data = (tmp_path / "a.npz").read_bytes()
+    (tmp_path / "a.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="a.npz"):
+        load_seed(tmp_path / "a.npz")
+
+
+def test_seed_keys_must_match_maps(tmp_path):
+    with pytest.raises(ValueError):
+        save_seed(tmp_path / "a.npz", np.array([1, 2]), np.ones((1, 4, 4)), np.ones((1, 1, 1)))
+
+
+def test_label_png_is_palette_and_keeps_255(tmp_path):
+    label = np.array([[0, 1, 20], [255, 3, 0]], np.uint8)
+    save_label_png(tmp_path / "l.png", label)
+    img = Image.open(tmp_path / "l.png")
+    assert img.mode == "P"
+    assert img.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
+    np.testing.assert_array_equal(load_label_png(tmp_path / "l.png"), label)
+
+
+def test_rgb_label_png_is_refused(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="mode RGB"):
+        load_label_png(tmp_path / "rgb.png")
+
+
+def test_json_write_is_atomic_and_leaves_no_temp(tmp_path):
+    write_json(tmp_path / "m.json", {"a/b": 1.5})
+    assert read_json(tmp_path / "m.json") == {"a/b": 1.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

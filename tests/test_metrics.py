@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from wsss.metrics import ThresholdSweep, confusion, scores, threshold_cams
+
+
+def test_confusion_ignores_255_and_counts_pairs():
+    gt = np.array([[0, 1, 255], [2, 2, 1]])
+    pred = np.array([[0, 1, 2], [2, 1, 0]])
+    conf = confusion(gt, pred, 3)
+    expected = np.zeros((3, 3), int)
+    for g, p in [(0, 0), (1, 1), (2, 2), (2, 1), (1, 0)]:  # the 255 pixel is left out
+        expected[g, p] += 1
+    np.testing.assert_array_equal(conf, expected)
+
+
+def test_miou_known_answer_includes_background_and_skips_absent():
+    gt = np.array([0, 0, 0, 1, 1, 255])
+    pred = np.array([0, 0, 1, 1, 1, 1])
+    s = scores(confusion(gt, pred, 3))  # label 2 absent from both: 0/0 → skipped
+    assert s["iou"][0] == pytest.approx(2 / 3)   # TP 2, GT 3, pred 2
+    assert s["iou"][1] == pytest.approx(2 / 3)   # TP 2, GT 2, pred 3
+    assert np.isnan(s["iou"][2])
+    assert s["miou"] == pytest.approx(2 / 3)
+    assert s["precision"][1] == pytest.approx(2 / 3) and s["recall"][1] == pytest.approx(1.0)
+    assert s["fp"] == pytest.approx((0 / 3 + 1 / 3) / 2)
+    assert s["fn"] == pytest.approx((1 / 3 + 0 / 3) / 2)
+
+
+def test_confusion_rejects_out_of_range_predictions():
+    with pytest.raises(ValueError, match="outside"):
+        confusion(np.array([0, 1]), np.array([0, 255]), 3)
+
+
+def test_threshold_ties_go_to_background():
+    maps = np.array([[[0.2, 0.5, 0.15]], [[0.1, 0.5, 0.149]]], np.float32)  # K=2, 1×3 image
+    keys = np.array([3, 7])
+    out = threshold_cams(maps, keys, 0.2)
+    # pixel 0: best 0.2 == τ → background; pixel 1: tie between classes → first class (4);
+    np.testing.assert_array_equal(out, [[0, 4, 0]])
+    assert threshold_cams(maps, keys, 0.1).tolist() == [[4, 4, 4]]
+    # larger τ ⇒ more background
+    assert (threshold_cams(maps, keys, 0.6) == 0).all()
+
+
+def test_sweep_matches_direct_thresholding_including_ties():
+    rng = np.random.default_rng(0)
+    taus = np.round(np.arange(0.05, 0.61, 0.05), 2)
+    sweep = ThresholdSweep(taus, 6)
+    direct = np.zeros((len(taus), 6, 6), np.int64)
+    for _ in range(5):
+        k = int(rng.integers(0, 3))
+        keys = np.sort(rng.choice(5, size=k, replace=False))
+        maps = np.round(rng.random((k, 9, 11)), 2).astype(np.float16)  # values on the τ grid → ties
+        gt = rng.integers(0, 6, (9, 11))
+        gt[rng.random(gt.shape) < 0.2] = 255
+        sweep.update(maps, keys, gt)
+        for t, tau in enumerate(taus):
+            direct[t] += confusion(gt, threshold_cams(maps, keys, np.float32(tau)), 6)
+    np.testing.assert_array_equal(sweep.confusions(), direct)
+
+
+def test_sweep_with_no_present_class_is_all_background():
+    sweep = ThresholdSweep([0.1, 0.2], 3)
+    sweep.update(np.zeros((0, 2, 2), np.float16), np.zeros(0, np.int64), np.array([[0, 1], [2, 255]]))
+    for conf in sweep.confusions():
+        assert conf[:, 0].sum() == 3 and conf[:, 1:].sum() == 0

@@ -1,0 +1,84 @@
+"""Each stage on a tiny synthetic set, in-process, through the artifact store."""
+import json
+
+import numpy as np
+import torch
+
+from wsss import artifacts
+from wsss.cam import seed_file
+from wsss.data import open_dataset
+from wsss.io import load_seed
+from wsss.models.classifier import ClassifierModule, load_classifier
+from wsss.pipeline import run_pipeline
+from wsss.stages import train_cls
+
+
+def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg("stages=[train_cls,make_cam,eval_cam]")
+    metrics = run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert "eval_cam/train/miou" in out and "run directory" in out
+    # contract keys, in percent
+    for key in ("miou", "threshold", "miou_best", "threshold_best"):
+        assert f"eval_cam/train/{key}" in metrics
+    assert 0 <= metrics["eval_cam/train/miou"] <= metrics["eval_cam/train/miou_best"] <= 100
+    assert metrics["eval_cam/train/threshold"] == 0.15
+    assert "eval_cam/train/iou/background" in metrics and "eval_cam/train/iou/ring_bar" in metrics
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["eval_cam/train/miou"] == metrics["eval_cam/train/miou"]
+    # checkpoint: loads on its own, with weights_only=True
+    ckpt = train_cls.checkpoint(artifacts.locate(cfg, "train_cls").path)
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["hyper_parameters"]["backbone"] == "resnet18"
+    assert isinstance(load_classifier(ckpt), ClassifierModule)
+    # seeds follow the contract for every train image
+    voc = open_dataset(cfg)
+    seeds = artifacts.locate(cfg, "make_cam").path
+    for img_id in voc.ids("train"):
+        s = load_seed(seed_file(seeds, img_id))
+        h, w = voc.read_mask(img_id).shape
+        k = int(voc.labels(img_id).sum())
+        assert s["keys"].tolist() == np.nonzero(voc.labels(img_id))[0].tolist()
+        assert s["high_res"].shape == (k, h, w) and s["strided"].shape == (k, -(-h // 4), -(-w // 4))
+        assert s["high_res"].dtype == np.float16 and s["high_res"].min() >= 0 and s["high_res"].max() <= 1  # < 1 before float16 rounding
+    # pictures for people
+    run = tmp_path / "run" / "eval_cam"
+    assert (run / "curve.png").exists() and len(list((run / "overlays").glob("*.png"))) == 6
+    curve = json.loads((run / "curve.json").read_text())
+    assert len(curve["thresholds"]) == 56 and max(curve["miou"]) == metrics["eval_cam/train/miou_best"]
+
+
+def test_artifacts_are_reused_and_force_recomputes(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("stages=[train_cls]")
+    run_pipeline(cfg)
+    art = artifacts.locate(cfg, "train_cls")
+    stamp = art.manifest.stat().st_mtime_ns
+    run_pipeline(cfg)
+    used = json.loads((tmp_path / "run" / "artifacts.json").read_text())
+    assert used["train_cls"]["reused"] is True and art.manifest.stat().st_mtime_ns == stamp
+    run_pipeline(tiny_cfg("stages=[train_cls]", "force=true"))
+    assert art.manifest.stat().st_mtime_ns != stamp
+    # a different classifier config is a different artifact
+    assert artifacts.locate(tiny_cfg("cls.lr=0.05"), "train_cls").key != art.key
+    # make_cam's key follows its input's key
+    assert artifacts.locate(tiny_cfg("cls.lr=0.05"), "make_cam").key != artifacts.locate(cfg, "make_cam").key
+
+
+def test_make_cam_without_classifier_says_what_to_run(tiny_cfg):
+    import pytest
+
+    with pytest.raises(artifacts.MissingArtifact, match="stages=\\[train_cls,make_cam\\]"):
+        run_pipeline(tiny_cfg("stages=[make_cam]"))
+
+
+def test_make_cam_resumes_missing_images_only(tiny_cfg):
+    cfg = tiny_cfg("stages=[train_cls,make_cam]")
+    run_pipeline(cfg)
+    art = artifacts.locate(cfg, "make_cam")
+    files = sorted(art.path.glob("*.npz"))
+    before = {p.name: p.read_bytes() for p in files}
+    files[0].unlink()
+    art.manifest.unlink()  # as if killed before sealing
+    metrics = run_pipeline(tiny_cfg("stages=[make_cam]"))
+    assert metrics["make_cam/computed"] == 1
+    assert {p.name: p.read_bytes() for p in sorted(art.path.glob("*.npz"))} == before

@@ -1,0 +1,111 @@
+"""The artifact store (contract.md, Artifacts).
+
+Each stored stage writes to `paths.artifacts_dir/<stage>/<key>/`, where the key hashes everything
+that determines the output: the stage's own config slice, its format version, and the keys of
+its inputs. An output is complete once its `manifest.json` exists (written last, atomically);
+a complete output is reused unless `force=true`. A file lock makes parallel jobs that need the
+same output wait for one writer. Each run directory lists the artifacts it used in
+`artifacts.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import OmegaConf
+
+from wsss import __version__
+from wsss.io import read_json, write_json
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.exists()
+
+
+class MissingArtifact(RuntimeError):
+    pass
+
+
+def _plain(value: dict) -> dict:
+    """A dict that may hold config nodes, as plain resolved Python values."""
+    return OmegaConf.to_container(OmegaConf.create(value), resolve=True)
+
+
+def identity(cfg, stage: str) -> dict:
+    """What determines `stage`'s output: its own slice, its version and its inputs' keys."""
+    from wsss.stages import STAGES
+
+    module = STAGES[stage]
+    return {"stage": stage, "version": module.VERSION, "config": _plain(module.identity(cfg)),
+            "inputs": {up: locate(cfg, up).key for up in module.upstream(cfg)}}
+
+
+def locate(cfg, stage: str) -> Artifact:
+    blob = json.dumps(identity(cfg, stage), sort_keys=True, default=str).encode()
+    key = hashlib.sha1(blob).hexdigest()[:12]
+    return Artifact(stage, key, Path(cfg.paths.artifacts_dir) / stage / key)
+
+
+def require(cfg, stage: str, needed_by: str) -> Artifact:
+    """The complete output of an upstream stage, or a clear error saying how to make it."""
+    art = locate(cfg, stage)
+    if not art.complete:
+        raise MissingArtifact(
+            f"{needed_by} needs the output of {stage} for this configuration ({art.path}), which is "
+            f"not complete; add {stage} to stages (e.g. stages=[{stage},{needed_by}]) or use the same "
+            "overrides as the run that made it")
+    return art
+
+
+def produce(cfg, stage: str, run_fn, run_dir: Path) -> dict:
+    """Reuse the stage's complete output, or run `run_fn(cfg, out_dir)` and seal it with a manifest."""
+    art = locate(cfg, stage)
+    art.path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(art.path) + ".lock"):
+        if art.complete and cfg.force:
+            shutil.rmtree(art.path)
+        if art.complete:
+            _record(run_dir, art, reused=True)
+            return read_json(art.manifest)["metrics"]
+        art.path.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        metrics = run_fn(cfg, art.path)
+        write_json(art.manifest, {
+            "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
+            "files": sorted(str(p.relative_to(art.path)) for p in art.path.rglob("*") if p.is_file()),
+            "code_version": code_version(), "started": start, "seconds": time.time() - start})
+    _record(run_dir, art, reused=False)
+    return metrics
+
+
+def _record(run_dir: Path, art: Artifact, reused: bool) -> None:
+    used_file = run_dir / "artifacts.json"
+    used = read_json(used_file) if used_file.exists() else {}
+    used[art.stage] = {"key": art.key, "path": str(art.path), "reused": reused}
+    write_json(used_file, used)
+
+
+def code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__

@@ -1,0 +1,88 @@
+"""Class activation maps exactly as algorithms.md §3 (IRN/ReCAM `make_cam`).
+
+Per scale s: features F of the image and of its flip; A = ReLU(W·F) per flip copy; M_s = A(img) +
+flip_back(A(flipped)). strided = Σ_s bilinear(M_s → ⌈H/4⌉×⌈W/4⌉); high_res = Σ_s bilinear(M_s →
+16⌈H/16⌉×16⌈W/16⌉) cropped top-left to H×W (keeps the stride-16 grid aligned with the pixels).
+Only present classes; each map divided by its own max + 1e-5 after summing the scales.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import nn
+
+from wsss.io import save_seed
+
+
+def strided_size(h: int, w: int) -> tuple[int, int]:
+    return math.ceil(h / 4), math.ceil(w / 4)
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    return 16 * math.ceil(h / 16), 16 * math.ceil(w / 16)
+
+
+def activation(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """ReLU(W·F) per location: features [B,D,h,w], weights [K,D] → [B,K,h,w]."""
+    return F.relu(torch.einsum("bdhw,kd->bkhw", features, weights))
+
+
+def normalize_max(maps: torch.Tensor) -> torch.Tensor:
+    """Per-class max normalisation: cam / (max + 1e-5) (algorithms.md §3.6)."""
+    return maps / (maps.flatten(1).max(1).values[:, None, None] + 1e-5)
+
+
+@torch.no_grad()
+def multiscale_cam(backbone: nn.Module, weights: torch.Tensor, views, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(strided [K,⌈H/4⌉,⌈W/4⌉], high_res [K,H,W]) from per-scale [2,3,h,w] image+flip batches."""
+    h, w = size
+    strided = high = None
+    for batch in views:
+        a = activation(backbone(batch), weights)
+        m = (a[0] + a[1].flip(-1))[None]  # ReLU before the flip-sum
+        s = F.interpolate(m, strided_size(h, w), mode="bilinear", align_corners=False)[0]
+        r = F.interpolate(m, padded_size(h, w), mode="bilinear", align_corners=False)[0]
+        strided, high = (s, r) if strided is None else (strided + s, high + r)
+    return normalize_max(strided), normalize_max(high[:, :h, :w])
+
+
+class CAMPredictor(L.LightningModule):
+    """Wraps a backbone and per-class weights [C,D] for `trainer.predict` over MultiScaleDataset."""
+
+    def __init__(self, backbone: nn.Module, weights: torch.Tensor):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("weights", weights.detach().clone())
+
+    def predict_step(self, item, batch_idx):
+        keys = torch.as_tensor(item["keys"], dtype=torch.long, device=self.weights.device)
+        views = [v.to(self.weights.device) for v in item["views"]]
+        strided, high = multiscale_cam(self.backbone, self.weights[keys], views, item["size"])
+        return {"id": item["id"], "keys": item["keys"],
+                "strided": strided.float().cpu().numpy(), "high_res": high.float().cpu().numpy()}
+
+
+class SeedWriter(BasePredictionWriter):
+    """Writes each image's seeds as `<out_dir>/<id>.npz` (atomic), keeping nothing in memory."""
+
+    def __init__(self, out_dir: Path):
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        save_seed(seed_file(self.out_dir, prediction["id"]), prediction["keys"],
+                  prediction["high_res"], prediction["strided"])
+
+
+def seed_file(out_dir: Path, img_id: str) -> Path:
+    return Path(out_dir) / f"{img_id}.npz"
+
+
+def missing_ids(out_dir: Path, ids) -> list[str]:
+    """Ids whose seed file is not there yet (files are written atomically, so present = complete)."""
+    return [i for i in ids if not seed_file(out_dir, i).exists()]

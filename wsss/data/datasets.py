@@ -1,0 +1,75 @@
+"""Torch datasets and the Lightning DataModule over a VOCLayout."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from wsss.data.transforms import multiscale_views, normalize, to_chw, top_left_pad, train_view
+from wsss.data.voc import VOCLayout
+from wsss.io import load_rgb
+
+
+class ClassificationDataset(Dataset):
+    """(image tensor, multi-hot label); random augmentation when `train`, else top-left padding."""
+
+    def __init__(self, layout: VOCLayout, ids, train: bool, long_range=(320, 640), crop=512):
+        self.layout, self.ids, self.train = layout, list(ids), train
+        self.long_range, self.crop = tuple(long_range), crop
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img_id = self.ids[i]
+        image = load_rgb(self.layout.image_path(img_id))
+        label = torch.from_numpy(self.layout.labels(img_id))
+        if self.train:
+            return train_view(image, self.long_range, self.crop, self._rng()), label
+        return to_chw(top_left_pad(normalize(image), self.crop)), label
+
+    def _rng(self) -> np.random.Generator:
+        # torch seeds the main process and every worker from the global seed, so this is reproducible
+        return np.random.default_rng(torch.randint(0, 2**31, (1,)).item())
+
+
+class MultiScaleDataset(Dataset):
+    """For CAM inference: the id, the uint8 image size, present classes and the ms+flip views."""
+
+    def __init__(self, layout: VOCLayout, ids, scales):
+        self.layout, self.ids, self.scales = layout, list(ids), list(scales)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img_id = self.ids[i]
+        image = load_rgb(self.layout.image_path(img_id))
+        keys = np.nonzero(self.layout.labels(img_id))[0]
+        return {"id": img_id, "size": image.shape[:2], "keys": keys,
+                "views": multiscale_views(image, self.scales)}
+
+
+def single_item(batch):
+    """Collate for batch_size=1 datasets whose items differ in size: the item itself."""
+    return batch[0]
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    def __init__(self, layout: VOCLayout, train_ids, val_ids, batch_size: int, num_workers: int,
+                 long_range, crop: int):
+        super().__init__()
+        self.layout, self.train_ids, self.val_ids = layout, train_ids, val_ids
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.long_range, self.crop = long_range, crop
+
+    def train_dataloader(self):
+        ds = ClassificationDataset(self.layout, self.train_ids, True, self.long_range, self.crop)
+        return DataLoader(ds, self.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        ds = ClassificationDataset(self.layout, self.val_ids, False, self.long_range, self.crop)
+        return DataLoader(ds, self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

@@ -1,0 +1,70 @@
+"""Image transforms of the reference data pipeline (algorithms.md §2.3, §3, pitfalls 6-7)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """PIL bicubic resize of a uint8 image to (round(H·s), round(W·s)), before normalisation."""
+    if scale == 1:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) / 255.0 - MEAN) / STD
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Crop (or pad) to size×size, filling with 0 (the mean colour after normalisation).
+
+    Per axis: a larger image gives a random window; a smaller one is placed at a random offset.
+    """
+    h, w = image.shape[:2]
+    out = np.zeros((size, size) + image.shape[2:], image.dtype)
+    (src_y, dst_y, ch), (src_x, dst_x, cw) = _window(h, size, rng), _window(w, size, rng)
+    out[dst_y:dst_y + ch, dst_x:dst_x + cw] = image[src_y:src_y + ch, src_x:src_x + cw]
+    return out
+
+
+def _window(n: int, size: int, rng) -> tuple[int, int, int]:
+    if n > size:
+        return int(rng.integers(0, n - size + 1)), 0, size
+    return 0, int(rng.integers(0, size - n + 1)), n
+
+
+def top_left_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """Validation layout: the image at the top-left of a size×size container filled with 0."""
+    out = np.zeros((size, size) + image.shape[2:], image.dtype)
+    h, w = min(size, image.shape[0]), min(size, image.shape[1])
+    out[:h, :w] = image[:h, :w]
+    return out
+
+
+def train_view(image: np.ndarray, long_range: tuple[int, int], crop: int, rng) -> torch.Tensor:
+    """Random long-side resize → normalise → flip p=0.5 → random crop with mean fill → CHW."""
+    long_side = int(rng.integers(long_range[0], long_range[1] + 1))
+    x = normalize(rescale(image, long_side / max(image.shape[:2])))
+    if rng.random() < 0.5:
+        x = x[:, ::-1]
+    return to_chw(random_crop(x, crop, rng))
+
+
+def to_chw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def multiscale_views(image: np.ndarray, scales) -> list[torch.Tensor]:
+    """Per scale a [2,3,h,w] batch: the rescaled image and its horizontal flip (algorithms.md §3)."""
+    views = []
+    for s in scales:
+        x = to_chw(normalize(rescale(image, s)))
+        views.append(torch.stack([x, x.flip(-1)]))
+    return views

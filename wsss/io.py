@@ -1,0 +1,112 @@
+"""The on-disk artifact contract (contract.md): seeds, label maps, JSON; every write atomic.
+
+Atomic means: write to a temporary name in the same directory, then `os.replace`, so a reader
+(or a resumed run) never sees a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- seeds (CAM / ReCAM maps)
+def save_seed(path, keys: np.ndarray, high_res: np.ndarray, strided: np.ndarray) -> None:
+    """One image's seeds: `keys` int64 [K] (0-based classes), maps float16 [K,H,W] / [K,H/4,W/4]."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if high_res.shape[0] != len(keys) or strided.shape[0] != len(keys):
+        raise ValueError(f"{path}: {len(keys)} keys but maps of shape {high_res.shape}, {strided.shape}")
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, keys=keys, high_res=high_res.astype(np.float16),
+                            strided=strided.astype(np.float16))
+
+
+def load_seed(path) -> dict[str, np.ndarray]:
+    """Load a seed file without pickle; a truncated or foreign file raises a clear error."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("keys", "high_res", "strided")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"seed file {path} is unreadable ({e}); delete it and re-run make_cam "
+                         "(add force=true to recompute everything)") from e
+
+
+# ---------------------------------------------------------------- label maps
+def palette(num_entries: int = 256) -> list[int]:
+    """The VOC colour map (bit-interleaved), 255 rendered as the VOC border colour."""
+    pal = []
+    for i in range(num_entries):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    pal[255 * 3: 255 * 3 + 3] = [224, 224, 192]
+    return pal
+
+
+def save_label_png(path, label: np.ndarray) -> None:
+    """A label map as a palette ("P") PNG: pixel values are class indices, 255 = ignore."""
+    if label.ndim != 2:
+        raise ValueError(f"{path}: a label map must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(label.astype(np.uint8), mode="P")
+    img.putpalette(palette())
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_label_png(path) -> np.ndarray:
+    """Read a label PNG as class indices. Palette and greyscale PNGs are indices; RGB is refused."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"label map {path} is unreadable ({e}); replace or delete the file") from e
+    if img.mode not in ("P", "L"):
+        raise ValueError(f"label map {path} is in mode {img.mode}; expected a palette (P) or "
+                         "greyscale (L) PNG whose pixel values are class indices")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_rgb(path) -> np.ndarray:
+    """Read an image as H×W×3 uint8 RGB, failing with the file's name if it is broken."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"image {path} is unreadable ({e}); replace the file or drop its id "
+                         "from the split list") from e

@@ -1,0 +1,99 @@
+"""Confusion matrices and IoU, the one implementation used by every stage (algorithms.md §4).
+
+Conventions: ground-truth pixels equal to `ignore_index` (255) are left out; mIoU is the mean over
+background + all classes of IoU_c = TP / (GT + Pred − TP), skipping classes with 0/0 (nanmean).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+
+
+def confusion(gt: np.ndarray, pred: np.ndarray, num_labels: int, ignore_index: int = IGNORE) -> np.ndarray:
+    """Confusion matrix [gt, pred] of size num_labels² over the pixels whose GT is not ignored.
+
+    Predicted values outside 0..num_labels-1 (e.g. 255 in a pseudo-label) must be mapped by the
+    caller first: that choice is part of the protocol and is stated there.
+    """
+    gt = np.asarray(gt).ravel().astype(np.int64)
+    pred = np.asarray(pred).ravel().astype(np.int64)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt has {gt.size} pixels but pred has {pred.size}")
+    keep = gt != ignore_index
+    gt, pred = gt[keep], pred[keep]
+    if gt.size and (gt.max() >= num_labels or pred.max() >= num_labels or pred.min() < 0):
+        raise ValueError(f"labels outside 0..{num_labels - 1} (gt max {gt.max()}, pred range "
+                         f"{pred.min()}..{pred.max()})")
+    return np.bincount(gt * num_labels + pred, minlength=num_labels ** 2).reshape(num_labels, num_labels)
+
+
+def scores(conf: np.ndarray) -> dict[str, np.ndarray | float]:
+    """IoU, precision, recall per label, mIoU, and IRN's false-positive / false-negative split."""
+    conf = conf.astype(np.float64)
+    tp = np.diag(conf)
+    gt = conf.sum(1)
+    pred = conf.sum(0)
+    union = gt + pred - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / union
+        precision = tp / pred
+        recall = tp / gt
+        fp = (pred - tp) / union
+        fn = (gt - tp) / union
+    return {"iou": iou, "precision": precision, "recall": recall, "miou": float(np.nanmean(iou)),
+            "fp": float(np.nanmean(fp)), "fn": float(np.nanmean(fn))}
+
+
+def threshold_cams(high_res: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
+    """Seed label map by constant-threshold background padding (algorithms.md §4.2).
+
+    A plane of value τ is put in front of the K class maps and the argmax taken, ties going to
+    background: a pixel is class keys[i]+1 iff its best map value is > τ.
+    """
+    scored = np.concatenate([np.full((1,) + high_res.shape[1:], threshold, np.float32),
+                             high_res.astype(np.float32)])
+    lut = np.concatenate([[0], np.asarray(keys) + 1])
+    return lut[np.argmax(scored, axis=0)]
+
+
+class ThresholdSweep:
+    """Confusion matrices for many background thresholds in one pass over the pixels.
+
+    A pixel whose best class is L with value m is predicted L for every τ < m and background for
+    every τ ≥ m, so counting it once in the bucket k = #{τ < m} and taking cumulative sums gives
+    the same matrices as thresholding at each τ separately (tested against that).
+    """
+
+    def __init__(self, thresholds, num_labels: int):
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)
+        if np.any(np.diff(self.thresholds) <= 0):
+            raise ValueError("thresholds must be strictly increasing")
+        self.num_labels = num_labels
+        n_t = len(self.thresholds)
+        self._bucketed = np.zeros((n_t + 1, num_labels, num_labels), np.int64)
+
+    def update(self, high_res: np.ndarray, keys: np.ndarray, gt: np.ndarray) -> None:
+        maps = high_res.astype(np.float32)
+        valid = gt != IGNORE
+        if maps.shape[0] == 0:  # no present class: everything is background at any τ
+            best_val = np.full(gt.shape, -np.inf, np.float32)
+            best_lab = np.zeros(gt.shape, np.int64)
+        else:
+            best_val = maps.max(0)
+            best_lab = (np.asarray(keys) + 1)[maps.argmax(0)]
+        bucket = np.searchsorted(self.thresholds, best_val[valid], side="left")  # #{τ < m}
+        g = gt[valid].astype(np.int64)
+        if g.size and g.max() >= self.num_labels:
+            raise ValueError(f"ground truth holds label {g.max()} but there are {self.num_labels} labels")
+        n = self.num_labels
+        flat = (bucket * n + g) * n + best_lab[valid]
+        self._bucketed += np.bincount(flat, minlength=self._bucketed.size).reshape(self._bucketed.shape)
+
+    def confusions(self) -> np.ndarray:
+        """[T, n, n]: for threshold t, pixels with bucket > t keep their class, the rest are bg."""
+        fg_part = np.cumsum(self._bucketed[::-1], axis=0)[::-1][1:]   # Σ_{k>t}
+        bg_total = np.cumsum(self._bucketed.sum(axis=2), axis=0)[:-1]  # Σ_{k≤t}, summed over pred
+        out = fg_part.copy()
+        out[:, :, 0] += bg_total
+        return out

@@ -1,0 +1,74 @@
+"""Running the configured stages in pipeline order, and the end-of-run summary."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from wsss import artifacts
+from wsss.io import read_json, write_json
+from wsss.stages import STAGES
+
+log = logging.getLogger("wsss")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def selected_stages(stages) -> list[str]:
+    """`all` or a list of names, returned in pipeline order; unknown names are an error."""
+    if isinstance(stages, str):
+        stages = list(STAGES) if stages == "all" else [stages]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; valid: all or a list of {list(STAGES)}")
+    return [s for s in STAGES if s in set(stages)]
+
+
+def validate(cfg: DictConfig) -> None:
+    tau = cfg.cam.threshold
+    if not 0 <= tau <= 1:
+        raise ConfigError(f"cam.threshold={tau} must lie in [0, 1] (maps are max-normalised)")
+    if any(s <= 0 for s in cfg.cam.scales):
+        raise ConfigError(f"cam.scales={list(cfg.cam.scales)} must all be > 0")
+    sw = cfg.eval_cam.sweep
+    if not (0 <= sw.start < sw.stop <= 1 and sw.step > 0):
+        raise ConfigError(f"eval_cam.sweep={OmegaConf.to_container(sw)} needs 0 ≤ start < stop ≤ 1, step > 0")
+
+
+def run_pipeline(cfg: DictConfig) -> dict:
+    """Run the selected stages; write `metrics.json` after each; print the summary table."""
+    stages = selected_stages(OmegaConf.to_container(cfg.stages) if OmegaConf.is_list(cfg.stages) else cfg.stages)
+    validate(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = run_dir / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.exists() else {}
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    for name in stages:
+        module = STAGES[name]
+        log.info("stage %s", name)
+        start = time.time()
+        if module.STORED:
+            metrics.update(artifacts.produce(cfg, name, module.run, run_dir))
+        else:
+            metrics.update(module.run(cfg, run_dir / name))
+        metrics[f"time/{name}"] = round(time.time() - start, 2)
+        write_json(metrics_file, metrics)
+    print(summary_table(metrics))
+    print(f"run directory: {run_dir}")
+    return metrics
+
+
+def summary_table(metrics: dict) -> str:
+    """The headline numbers: everything but per-class values and protocol tags."""
+    rows = [(k, v) for k, v in metrics.items()
+            if not k.startswith("protocol/") and k.count("/") <= 2]
+    width = max((len(k) for k, _ in rows), default=10)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.2f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""train_cls: fit the multi-label classifier on image-level labels (algorithms.md §2).
+
+In:  the dataset's `cls_train` split (images + image-level labels), `cls_val` for a val loss.
+Out: `model.ckpt` (Lightning checkpoint, plain hyperparameters, loads with weights_only=True).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from wsss.data import dataset_identity, open_dataset
+from wsss.data.datasets import ClassificationDataModule
+from wsss.io import atomic_path
+from wsss.models.classifier import ClassifierModule
+from wsss.training import build_trainer, logged, plain
+
+VERSION = 1
+STORED = True
+CHECKPOINT = "model.ckpt"
+log = logging.getLogger(__name__)
+
+
+def identity(cfg) -> dict:
+    return {"dataset": dataset_identity(cfg), "cls": plain(cfg.cls), "seed": cfg.seed,
+            "precision": str(cfg.trainer.precision)}
+
+
+def upstream(cfg) -> list[str]:
+    return []
+
+
+def run(cfg, out_dir: Path) -> dict:
+    layout = open_dataset(cfg)
+    c = cfg.cls
+    train_ids = _labelled(layout, layout.ids(cfg.dataset.splits.cls_train))
+    val_ids = _labelled(layout, layout.ids(cfg.dataset.splits.cls_val))
+    model = ClassifierModule(
+        num_classes=layout.num_classes, backbone=c.backbone, weights=c.weights, lr=c.lr,
+        head_lr_mult=c.head_lr_mult, weight_decay=c.weight_decay, momentum=c.momentum,
+        poly_power=c.poly_power, optimizer=c.optimizer, freeze_bn_stats=c.freeze_bn_stats, freeze_stem=c.freeze_stem,
+        detach_after_layer2=c.detach_after_layer2)
+    data = ClassificationDataModule(layout, train_ids, val_ids, c.batch_size, cfg.num_workers,
+                                    tuple(c.resize_long), c.crop_size)
+    trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs)
+    trainer.fit(model, data)
+    with atomic_path(out_dir / CHECKPOINT, suffix=".ckpt") as tmp:
+        trainer.save_checkpoint(tmp)
+    return {**logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
+            "train_cls/train/images": len(train_ids)}
+
+
+def _labelled(layout, ids) -> list[str]:
+    """Images without any class label carry no signal for the classifier: skipped with a warning."""
+    kept = [i for i in ids if layout.labels(i).any()]
+    if len(kept) < len(ids):
+        log.warning("skipping %d images without image-level labels (e.g. %s)", len(ids) - len(kept),
+                    next(i for i in ids if i not in set(kept)))
+    if not kept:
+        raise ValueError(f"no labelled images in {layout.root}; check Annotations/ or SegmentationClass/")
+    return kept
+
+
+def checkpoint(art_path: Path) -> Path:
+    return Path(art_path) / CHECKPOINT
+
+
