@@ -51,3 +51,16 @@ def test_voc_layout_tree_without_annotations(tmp_path, voc200):
     run_dir = res.stdout.strip().splitlines()[-1].split("run directory: ")[1]
     metrics = json.loads(open(f"{run_dir}/metrics.json").read())
     assert "eval_cam/train/iou/person" in metrics and metrics["train_cls/train/images"] == 6
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_share_the_store(tmp_path):
+    """trainer=ddp: Lightning re-runs the program per rank; only rank 0 locks, writes and seals."""
+    cmd = [sys.executable, "-m", "wsss", "stages=[train_cls,make_cam,eval_cam]", f"paths.root={tmp_path}",
+           *[o for o in TINY if o != "trainer=cpu"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("run directory:") == 1
+    seeds = list((tmp_path / "artifacts" / "make_cam").glob("*/*.npz"))
+    assert len(seeds) == 8  # both ranks' shards
+    assert len(list((tmp_path / "artifacts").glob("*/*/manifest.json"))) == 2

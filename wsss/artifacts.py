@@ -74,9 +74,31 @@ def require(cfg, stage: str, needed_by: str) -> Artifact:
     return art
 
 
+def global_rank() -> int:
+    """This process's rank in a multi-process (DDP) run; 0 when there is a single process.
+
+    Lightning's DDP launcher re-runs the whole program in one process per extra device, so every
+    rank walks the pipeline; only rank 0 owns the store (locks, writes, seals).
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def produce(cfg, stage: str, run_fn, run_dir: Path) -> dict:
     """Reuse the stage's complete output, or run `run_fn(cfg, out_dir)` and seal it with a manifest."""
     art = locate(cfg, stage)
+    if global_rank() > 0:  # take part in the distributed work; rank 0 seals the output
+        metrics = read_json(art.manifest)["metrics"] if art.complete and not cfg.force else run_fn(cfg, art.path)
+        barrier()
+        return metrics
     art.path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(art.path) + ".lock"):
         if art.complete and cfg.force:
@@ -91,6 +113,7 @@ def produce(cfg, stage: str, run_fn, run_dir: Path) -> dict:
             "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
             "files": sorted(str(p.relative_to(art.path)) for p in art.path.rglob("*") if p.is_file()),
             "code_version": code_version(), "started": start, "seconds": time.time() - start})
+    barrier()
     _record(run_dir, art, reused=False)
     return metrics
 

@@ -55,12 +55,14 @@ def run_pipeline(cfg: DictConfig) -> dict:
         start = time.time()
         if module.STORED:
             metrics.update(artifacts.produce(cfg, name, module.run, run_dir))
-        else:
+        elif artifacts.global_rank() == 0:  # run-directory stages are single-process
             metrics.update(module.run(cfg, run_dir / name))
         metrics[f"time/{name}"] = round(time.time() - start, 2)
-        write_json(metrics_file, metrics)
-    print(summary_table(metrics))
-    print(f"run directory: {run_dir}")
+        if artifacts.global_rank() == 0:
+            write_json(metrics_file, metrics)
+    if artifacts.global_rank() == 0:
+        print(summary_table(metrics))
+        print(f"run directory: {run_dir}")
     return metrics
 
 

@@ -48,6 +48,7 @@ def run(cfg, out_dir: Path) -> dict:
                             collate_fn=single_item, num_workers=cfg.num_workers)
         trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)])
         trainer.predict(predictor, loader, return_predictions=False)
+        trainer.strategy.barrier()  # every rank has written its shard
     left = missing_ids(out_dir, ids)
     if left:
         raise RuntimeError(f"make_cam finished but {len(left)} seed files are missing in {out_dir} "

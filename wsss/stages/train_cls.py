@@ -6,11 +6,11 @@ Out: `model.ckpt` (Lightning checkpoint, plain hyperparameters, loads with weigh
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from wsss.data import dataset_identity, open_dataset
 from wsss.data.datasets import ClassificationDataModule
-from wsss.io import atomic_path
 from wsss.models.classifier import ClassifierModule
 from wsss.training import build_trainer, logged, plain
 
@@ -43,8 +43,10 @@ def run(cfg, out_dir: Path) -> dict:
                                     tuple(c.resize_long), c.crop_size)
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs)
     trainer.fit(model, data)
-    with atomic_path(out_dir / CHECKPOINT, suffix=".ckpt") as tmp:
-        trainer.save_checkpoint(tmp)
+    tmp = out_dir / f".{CHECKPOINT}.tmp"
+    trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+    if trainer.is_global_zero:
+        os.replace(tmp, out_dir / CHECKPOINT)  # atomic: a reader never sees half a checkpoint
     return {**logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
             "train_cls/train/images": len(train_ids)}
 
@@ -52,9 +54,9 @@ def run(cfg, out_dir: Path) -> dict:
 def _labelled(layout, ids) -> list[str]:
     """Images without any class label carry no signal for the classifier: skipped with a warning."""
     kept = [i for i in ids if layout.labels(i).any()]
-    if len(kept) < len(ids):
-        log.warning("skipping %d images without image-level labels (e.g. %s)", len(ids) - len(kept),
-                    next(i for i in ids if i not in set(kept)))
+    skipped = [i for i in ids if not layout.labels(i).any()]
+    if skipped:
+        log.warning("skipping %d images without image-level labels (e.g. %s)", len(skipped), skipped[0])
     if not kept:
         raise ValueError(f"no labelled images in {layout.root}; check Annotations/ or SegmentationClass/")
     return kept
