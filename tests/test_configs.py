@@ -44,7 +44,7 @@ def test_experiment_presets_pin_the_reference_recipe(tmp_path):
 
 
 def test_stage_selection_orders_and_rejects_unknown():
-    assert selected_stages("all")[:3] == ["train_cls", "make_cam", "eval_cam"]
+    assert selected_stages("all") == ["train_cls", "train_recam", "make_cam", "eval_cam"]
     assert selected_stages(["eval_cam", "train_cls"]) == ["train_cls", "eval_cam"]
     with pytest.raises(ConfigError, match="unknown stage"):
         selected_stages(["train_cls", "make_cams"])
@@ -55,3 +55,21 @@ def test_stage_selection_orders_and_rejects_unknown():
 def test_out_of_range_values_are_refused(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         validate(compose_cfg(tmp_path, override))
+
+
+def test_sweep_dirnames_are_bounded_and_flat():
+    from wsss.__main__ import short_dirname
+
+    assert short_dirname("cam=recam,seed=1") == "cam=recam,seed=1"
+    long = short_dirname("x=" + "a/b" * 100)
+    assert len(long) <= 96 and "/" not in long and long != short_dirname("x=" + "a/b" * 101)
+
+
+def test_recam_preset_pins_the_reference_recipe(tmp_path):
+    cfg = compose_cfg(tmp_path, "experiment=recam_voc12", "dataset.root=/data/voc")
+    t = cfg.cam.train
+    assert (cfg.cam.method, cfg.cam.threshold, cfg.cam.map_weights) == ("recam", 0.21, "product")
+    assert (t.optimizer, t.lr, t.head_lr_mult, t.sce_lr, t.loss_weight, t.epochs, t.momentum) == \
+        ("sgd", 5e-5, 1, 5e-4, 1.0, 4, 1e-4)
+    assert cfg.cls.backbone == "resnet50" and cfg.cls.detach_after_layer2 is False
+    assert cfg.paper["eval_cam/train/miou"]["value"] == 54.8

@@ -8,7 +8,8 @@ from wsss import artifacts
 from wsss.cam import seed_file
 from wsss.data import open_dataset
 from wsss.io import load_seed
-from wsss.models.classifier import ClassifierModule, load_classifier
+from wsss.models.classifier import ClassifierModule, load_checkpoint, load_classifier
+from wsss.models.recam import ReCAMModule
 from wsss.pipeline import run_pipeline
 from wsss.stages import train_cls
 
@@ -82,3 +83,27 @@ def test_make_cam_resumes_missing_images_only(tiny_cfg):
     metrics = run_pipeline(tiny_cfg("stages=[make_cam]"))
     assert metrics["make_cam/computed"] == 1
     assert {p.name: p.read_bytes() for p in sorted(art.path.glob("*.npz"))} == before
+
+
+def test_recam_stage_and_maps(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("cam=recam", "stages=[train_cls,train_recam,make_cam,eval_cam]", "cam.train.epochs=1")
+    metrics = run_pipeline(cfg)
+    assert metrics["eval_cam/train/threshold"] == 0.21
+    assert "train_recam/train/sce" in metrics and metrics["protocol/cam/method"] == "recam"
+    recam = artifacts.locate(cfg, "train_recam")
+    assert recam.complete and artifacts.locate(cfg, "make_cam").key != artifacts.locate(tiny_cfg(), "make_cam").key
+    # the seeds come from the ReCAM checkpoint's product weights
+    from wsss.stages.make_cam import load_maps_model
+
+    _, weights = load_maps_model(cfg)
+    model = load_checkpoint(recam.path / "model.ckpt", ReCAMModule)
+    assert torch.equal(weights, model.classifier.weight.flatten(1) * model.sce_head.weight.flatten(1))
+
+
+def test_train_recam_does_nothing_for_cam(tiny_cfg):
+    metrics = run_pipeline(tiny_cfg("stages=[train_cls,train_recam]"))
+    assert "time/train_recam" not in metrics and "time/train_cls" in metrics
+
+
+def test_threshold_does_not_change_the_seeds_key(tiny_cfg):
+    assert artifacts.locate(tiny_cfg("cam.threshold=0.3"), "make_cam").key == artifacts.locate(tiny_cfg(), "make_cam").key

@@ -1,15 +1,27 @@
 """`wsss [OVERRIDES]` / `python -m wsss`: the Hydra app (configs in conf/, contract.md)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wsss.pipeline import run_pipeline
 
 # conf/ sits beside the package in a source checkout (editable install), as the layout prescribes
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def short_dirname(overrides: str, limit: int = 96) -> str:
+    """A sweep job's directory name from its overrides: readable, one level, bounded in length."""
+    name = overrides.replace("/", "_") or "defaults"
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit - 9]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("wsss.dirname", short_dirname, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -51,6 +51,9 @@ def run_pipeline(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     for name in stages:
         module = STAGES[name]
+        if not getattr(module, "needed", lambda _: True)(cfg):
+            log.info("stage %s: not needed for cam=%s, skipped", name, cfg.cam.method)
+            continue
         log.info("stage %s", name)
         start = time.time()
         if module.STORED:

@@ -2,12 +2,14 @@
 
 Each stage module has `run(cfg, out_dir) -> metrics`, `VERSION` (bumped when its output format or
 meaning changes), `STORED` (output kept in the artifact store, else in the run directory),
-`identity(cfg)` (the config that determines its output) and `upstream(cfg)` (stages it reads).
+`identity(cfg)` (the config that determines its output), `upstream(cfg)` (stages it reads) and
+optionally `needed(cfg)` (false: the stage does nothing for this config).
 """
-from wsss.stages import eval_cam, make_cam, train_cls
+from wsss.stages import eval_cam, make_cam, train_cls, train_recam
 
 STAGES = {
     "train_cls": train_cls,
+    "train_recam": train_recam,
     "make_cam": make_cam,
     "eval_cam": eval_cam,
 }

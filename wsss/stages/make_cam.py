@@ -1,6 +1,6 @@
 """make_cam: multi-scale + flip class activation maps for every image of `cam.splits` (§3).
 
-In:  the train_cls checkpoint; the images and their image-level labels (present classes only).
+In:  the train_cls checkpoint (cam=cam) or the train_recam one (cam=recam); the images and their image-level labels (present classes only).
 Out: one `<id>.npz` per image (contract.md: keys int64 [K], high_res float16 [K,H,W], strided
      float16 [K,⌈H/4⌉,⌈W/4⌉], max-normalised). Resumable: images already written are skipped.
 Runs through Lightning's predict loop, so it shards across devices with trainer=ddp.
@@ -15,20 +15,45 @@ from wsss import artifacts
 from wsss.cam import CAMPredictor, SeedWriter, missing_ids
 from wsss.data import open_dataset
 from wsss.data.datasets import MultiScaleDataset, single_item
-from wsss.models.classifier import load_classifier
-from wsss.stages import train_cls
-from wsss.training import build_trainer, plain
+from wsss.models.classifier import load_checkpoint, load_classifier
+from wsss.models.recam import ReCAMModule
+from wsss.stages import train_cls, train_recam
+from wsss.training import build_trainer
 
 VERSION = 1
 STORED = True
+STAGES_CKPT = {"train_cls": train_cls.checkpoint, "train_recam": train_recam.checkpoint}
 
 
 def identity(cfg) -> dict:
-    return {"cam": plain(cfg.cam), "precision": str(cfg.trainer.precision)}
+    """What shapes the maps (not τ, which only eval_cam / make_pseudo use)."""
+    c = cfg.cam
+    ident = {"method": c.method, "scales": list(c.scales), "splits": list(c.splits),
+             "precision": str(cfg.trainer.precision)}
+    if c.method == "recam":
+        ident["map_weights"] = c.map_weights
+    return ident
 
 
 def upstream(cfg) -> list[str]:
-    return ["train_cls"]
+    return [model_stage(cfg)]
+
+
+def model_stage(cfg) -> str:
+    if cfg.cam.method not in ("cam", "recam"):
+        raise ValueError(f"cam.method={cfg.cam.method!r}: choose cam or recam")
+    return "train_recam" if cfg.cam.method == "recam" else "train_cls"
+
+
+def load_maps_model(cfg):
+    """(backbone, per-class map weights [C,D]) of the configured method."""
+    stage = model_stage(cfg)
+    path = STAGES_CKPT[stage](artifacts.require(cfg, stage, "make_cam").path)
+    if stage == "train_recam":
+        model = load_checkpoint(path, ReCAMModule)
+        return model.backbone, model.cam_weights(cfg.cam.map_weights)
+    model = load_classifier(path)
+    return model.backbone, model.cam_weights()
 
 
 def seed_ids(cfg, layout) -> list[str]:
@@ -39,11 +64,9 @@ def seed_ids(cfg, layout) -> list[str]:
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     ids = seed_ids(cfg, layout)
-    cls_art = artifacts.require(cfg, "train_cls", "make_cam")
-    model = load_classifier(train_cls.checkpoint(cls_art.path))
     todo = missing_ids(out_dir, ids)
     if todo:
-        predictor = CAMPredictor(model.backbone, model.cam_weights())
+        predictor = CAMPredictor(*load_maps_model(cfg))
         loader = DataLoader(MultiScaleDataset(layout, todo, cfg.cam.scales), batch_size=1,
                             collate_fn=single_item, num_workers=cfg.num_workers)
         trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)])

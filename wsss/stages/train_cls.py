@@ -32,8 +32,8 @@ def upstream(cfg) -> list[str]:
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     c = cfg.cls
-    train_ids = _labelled(layout, layout.ids(cfg.dataset.splits.cls_train))
-    val_ids = _labelled(layout, layout.ids(cfg.dataset.splits.cls_val))
+    train_ids = labelled(layout, layout.ids(cfg.dataset.splits.cls_train))
+    val_ids = labelled(layout, layout.ids(cfg.dataset.splits.cls_val))
     model = ClassifierModule(
         num_classes=layout.num_classes, backbone=c.backbone, weights=c.weights, lr=c.lr,
         head_lr_mult=c.head_lr_mult, weight_decay=c.weight_decay, momentum=c.momentum,
@@ -51,7 +51,7 @@ def run(cfg, out_dir: Path) -> dict:
             "train_cls/train/images": len(train_ids)}
 
 
-def _labelled(layout, ids) -> list[str]:
+def labelled(layout, ids) -> list[str]:
     """Images without any class label carry no signal for the classifier: skipped with a warning."""
     kept = [i for i in ids if layout.labels(i).any()]
     skipped = [i for i in ids if not layout.labels(i).any()]

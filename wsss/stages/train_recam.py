@@ -1,0 +1,71 @@
+"""train_recam: ReCAM fine-tuning of the train_cls classifier (algorithms.md §5.2).
+
+Runs only when `cam.method=recam`. Starts from the train_cls checkpoint (backbone + W_bce), adds
+the bias-free SCE predictor, and trains the whole network with BCE + λ·SCE on the same data
+pipeline as train_cls, with the recipe in `cam.train` (reference: SGD, lr 5e-5 backbone and
+W_bce, 5e-4 SCE predictor, λ = 1, 4 epochs, batch 16).
+In:  train_cls's `model.ckpt`.  Out: `model.ckpt` (ReCAMModule, loads with weights_only=True).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wsss import artifacts
+from wsss.data import open_dataset
+from wsss.data.datasets import ClassificationDataModule
+from wsss.models.classifier import load_classifier
+from wsss.models.recam import ReCAMModule
+from wsss.stages import train_cls
+from wsss.training import build_trainer, logged, plain
+
+VERSION = 1
+STORED = True
+CHECKPOINT = "model.ckpt"
+
+
+def needed(cfg) -> bool:
+    return cfg.cam.method == "recam"
+
+
+def identity(cfg) -> dict:
+    return {"train": plain(cfg.cam.train), "seed": cfg.seed, "precision": str(cfg.trainer.precision)}
+
+
+def upstream(cfg) -> list[str]:
+    return ["train_cls"]
+
+
+def run(cfg, out_dir: Path) -> dict:
+    layout = open_dataset(cfg)
+    base = load_classifier(train_cls.checkpoint(artifacts.require(cfg, "train_cls", "train_recam").path))
+    model = from_classifier(base, cfg.cam.train)
+    c = cfg.cls
+    data = ClassificationDataModule(layout, train_cls.labelled(layout, layout.ids(cfg.dataset.splits.cls_train)),
+                                    train_cls.labelled(layout, layout.ids(cfg.dataset.splits.cls_val)),
+                                    c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size)
+    trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs)
+    trainer.fit(model, data)
+    tmp = out_dir / f".{CHECKPOINT}.tmp"
+    trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+    if trainer.is_global_zero:
+        os.replace(tmp, out_dir / CHECKPOINT)
+    return logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
+                            "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
+
+
+def from_classifier(base, t) -> ReCAMModule:
+    """A ReCAMModule with the classifier's architecture and weights, and the ReCAM recipe `t`."""
+    hp = base.hparams
+    model = ReCAMModule(
+        num_classes=hp.num_classes, backbone=hp.backbone, weights=None, lr=t.lr, head_lr_mult=t.head_lr_mult,
+        sce_lr=t.sce_lr, loss_weight=t.loss_weight, weight_decay=t.weight_decay, momentum=t.momentum,
+        poly_power=t.poly_power, optimizer=t.optimizer, freeze_bn_stats=hp.freeze_bn_stats,
+        freeze_stem=hp.freeze_stem, detach_after_layer2=hp.detach_after_layer2)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("sce_head.") for k in missing), (missing, unexpected)
+    return model
+
+
+def checkpoint(art_path: Path) -> Path:
+    return Path(art_path) / CHECKPOINT
