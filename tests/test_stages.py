@@ -11,7 +11,7 @@ from wsss.io import load_seed
 from wsss.models.classifier import ClassifierModule, load_checkpoint, load_classifier
 from wsss.models.recam import ReCAMModule
 from wsss.pipeline import run_pipeline
-from wsss.stages import train_cls
+from wsss.training import checkpoint_path
 
 
 def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
@@ -28,7 +28,7 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["eval_cam/train/miou"] == metrics["eval_cam/train/miou"]
     # checkpoint: loads on its own, with weights_only=True
-    ckpt = train_cls.checkpoint(artifacts.locate(cfg, "train_cls").path)
+    ckpt = checkpoint_path(artifacts.locate(cfg, "train_cls").path)
     raw = torch.load(ckpt, weights_only=True)
     assert raw["hyper_parameters"]["backbone"] == "resnet18"
     assert isinstance(load_classifier(ckpt), ClassifierModule)

@@ -1,6 +1,7 @@
 """Building Lightning trainers and loggers from the `trainer` and `logger` config groups."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,22 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
         logger = instantiate(cfg.logger, name=stage)
     kwargs.setdefault("enable_checkpointing", False)
     return instantiate(cfg.trainer, default_root_dir=str(out_dir), logger=logger, **kwargs)
+
+
+CHECKPOINT = "model.ckpt"
+
+
+def checkpoint_path(art_path: Path) -> Path:
+    """Where a training stage's artifact keeps its model."""
+    return Path(art_path) / CHECKPOINT
+
+
+def save_checkpoint(trainer: L.Trainer, out_dir: Path) -> None:
+    """Atomically write `out_dir/model.ckpt`. Collective: every rank calls it, rank 0 writes."""
+    tmp = Path(out_dir) / f".{CHECKPOINT}.tmp"
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, checkpoint_path(out_dir))  # a reader never sees half a checkpoint
 
 
 def logged(trainer: L.Trainer, keys) -> dict[str, float]:

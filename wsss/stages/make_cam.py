@@ -17,12 +17,10 @@ from wsss.data import open_dataset
 from wsss.data.datasets import MultiScaleDataset, single_item
 from wsss.models.classifier import load_checkpoint, load_classifier
 from wsss.models.recam import ReCAMModule
-from wsss.stages import train_cls, train_recam
-from wsss.training import build_trainer
+from wsss.training import build_trainer, checkpoint_path
 
 VERSION = 1
 STORED = True
-STAGES_CKPT = {"train_cls": train_cls.checkpoint, "train_recam": train_recam.checkpoint}
 
 
 def identity(cfg) -> dict:
@@ -48,7 +46,7 @@ def model_stage(cfg) -> str:
 def load_maps_model(cfg):
     """(backbone, per-class map weights [C,D]) of the configured method."""
     stage = model_stage(cfg)
-    path = STAGES_CKPT[stage](artifacts.require(cfg, stage, "make_cam").path)
+    path = checkpoint_path(artifacts.require(cfg, stage, "make_cam").path)
     if stage == "train_recam":
         model = load_checkpoint(path, ReCAMModule)
         return model.backbone, model.cam_weights(cfg.cam.map_weights)

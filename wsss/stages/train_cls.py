@@ -6,17 +6,15 @@ Out: `model.ckpt` (Lightning checkpoint, plain hyperparameters, loads with weigh
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from wsss.data import dataset_identity, open_dataset
 from wsss.data.datasets import ClassificationDataModule
 from wsss.models.classifier import ClassifierModule
-from wsss.training import build_trainer, logged, plain
+from wsss.training import build_trainer, logged, plain, save_checkpoint
 
 VERSION = 1
 STORED = True
-CHECKPOINT = "model.ckpt"
 log = logging.getLogger(__name__)
 
 
@@ -32,23 +30,25 @@ def upstream(cfg) -> list[str]:
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     c = cfg.cls
-    train_ids = labelled(layout, layout.ids(cfg.dataset.splits.cls_train))
-    val_ids = labelled(layout, layout.ids(cfg.dataset.splits.cls_val))
     model = ClassifierModule(
         num_classes=layout.num_classes, backbone=c.backbone, weights=c.weights, lr=c.lr,
         head_lr_mult=c.head_lr_mult, weight_decay=c.weight_decay, momentum=c.momentum,
         poly_power=c.poly_power, optimizer=c.optimizer, freeze_bn_stats=c.freeze_bn_stats, freeze_stem=c.freeze_stem,
         detach_after_layer2=c.detach_after_layer2)
-    data = ClassificationDataModule(layout, train_ids, val_ids, c.batch_size, cfg.num_workers,
-                                    tuple(c.resize_long), c.crop_size)
+    data = classification_data(cfg, layout)
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs)
     trainer.fit(model, data)
-    tmp = out_dir / f".{CHECKPOINT}.tmp"
-    trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
-    if trainer.is_global_zero:
-        os.replace(tmp, out_dir / CHECKPOINT)  # atomic: a reader never sees half a checkpoint
+    save_checkpoint(trainer, out_dir)
     return {**logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
-            "train_cls/train/images": len(train_ids)}
+            "train_cls/train/images": len(data.train_ids)}
+
+
+def classification_data(cfg, layout) -> ClassificationDataModule:
+    """The image-label data of train_cls and train_recam: the same splits and augmentation."""
+    c = cfg.cls
+    return ClassificationDataModule(layout, labelled(layout, layout.ids(cfg.dataset.splits.cls_train)),
+                                    labelled(layout, layout.ids(cfg.dataset.splits.cls_val)),
+                                    c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size)
 
 
 def labelled(layout, ids) -> list[str]:
@@ -60,9 +60,5 @@ def labelled(layout, ids) -> list[str]:
     if not kept:
         raise ValueError(f"no labelled images in {layout.root}; check Annotations/ or SegmentationClass/")
     return kept
-
-
-def checkpoint(art_path: Path) -> Path:
-    return Path(art_path) / CHECKPOINT
 
 

@@ -8,20 +8,17 @@ In:  train_cls's `model.ckpt`.  Out: `model.ckpt` (ReCAMModule, loads with weigh
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from wsss import artifacts
 from wsss.data import open_dataset
-from wsss.data.datasets import ClassificationDataModule
 from wsss.models.classifier import load_classifier
 from wsss.models.recam import ReCAMModule
 from wsss.stages import train_cls
-from wsss.training import build_trainer, logged, plain
+from wsss.training import build_trainer, checkpoint_path, logged, plain, save_checkpoint
 
 VERSION = 1
 STORED = True
-CHECKPOINT = "model.ckpt"
 
 
 def needed(cfg) -> bool:
@@ -38,18 +35,11 @@ def upstream(cfg) -> list[str]:
 
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
-    base = load_classifier(train_cls.checkpoint(artifacts.require(cfg, "train_cls", "train_recam").path))
+    base = load_classifier(checkpoint_path(artifacts.require(cfg, "train_cls", "train_recam").path))
     model = from_classifier(base, cfg.cam.train)
-    c = cfg.cls
-    data = ClassificationDataModule(layout, train_cls.labelled(layout, layout.ids(cfg.dataset.splits.cls_train)),
-                                    train_cls.labelled(layout, layout.ids(cfg.dataset.splits.cls_val)),
-                                    c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size)
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs)
-    trainer.fit(model, data)
-    tmp = out_dir / f".{CHECKPOINT}.tmp"
-    trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
-    if trainer.is_global_zero:
-        os.replace(tmp, out_dir / CHECKPOINT)
+    trainer.fit(model, train_cls.classification_data(cfg, layout))
+    save_checkpoint(trainer, out_dir)
     return logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
                             "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
 
@@ -65,7 +55,3 @@ def from_classifier(base, t) -> ReCAMModule:
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("sce_head.") for k in missing), (missing, unexpected)
     return model
-
-
-def checkpoint(art_path: Path) -> Path:
-    return Path(art_path) / CHECKPOINT
