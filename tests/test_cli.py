@@ -82,3 +82,14 @@ def test_sweep_cam_recam_trains_one_classifier(tmp_path):
     assert names[0].startswith("0_") and names[1].startswith("1_") and all(len(n) <= 100 for n in names)
     reused = [json.loads((p.parent / "artifacts.json").read_text())["train_cls"]["reused"] for p in runs]
     assert reused == [False, True]
+
+
+@pytest.mark.slow
+def test_bad_dataset_root_is_one_clear_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "wsss", "dataset=voc12", f"dataset.root={tmp_path}/nope",
+                          "stages=[train_cls]", f"paths.root={tmp_path}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"wsss: error: dataset root {tmp_path}/nope does not exist; set dataset.root=PATH to a VOC-layout "
+        "directory (the one holding JPEGImages/)"]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from wsss.errors import UserError
 from wsss.pipeline import run_pipeline
 
 # conf/ sits beside the package in a source checkout (editable install), as the layout prescribes
@@ -26,7 +29,12 @@ OmegaConf.register_new_resolver("wsss.dirname", short_dirname, replace=True)
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_pipeline(cfg)
+    try:
+        run_pipeline(cfg)
+    except UserError as e:  # the user's to fix: one line, not a traceback
+        logging.getLogger("wsss").error("%s", e)
+        print(f"wsss: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 
 from wsss import __version__
+from wsss.errors import UserError
 from wsss.io import read_json, write_json
 
 
@@ -39,7 +40,7 @@ class Artifact:
         return self.manifest.exists()
 
 
-class MissingArtifact(RuntimeError):
+class MissingArtifact(UserError):
     pass
 
 

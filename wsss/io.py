@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wsss.errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
@@ -58,7 +60,7 @@ def load_seed(path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in ("keys", "high_res", "strided")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"seed file {path} is unreadable ({e}); delete it and re-run make_cam "
+        raise UserError(f"seed file {path} is unreadable ({e}); delete it and re-run make_cam "
                          "(add force=true to recompute everything)") from e
 
 
@@ -95,9 +97,9 @@ def load_label_png(path) -> np.ndarray:
         img = Image.open(path)
         img.load()
     except (OSError, ValueError) as e:
-        raise ValueError(f"label map {path} is unreadable ({e}); replace or delete the file") from e
+        raise UserError(f"label map {path} is unreadable ({e}); replace or delete the file") from e
     if img.mode not in ("P", "L"):
-        raise ValueError(f"label map {path} is in mode {img.mode}; expected a palette (P) or "
+        raise UserError(f"label map {path} is in mode {img.mode}; expected a palette (P) or "
                          "greyscale (L) PNG whose pixel values are class indices")
     return np.asarray(img, dtype=np.uint8)
 
@@ -108,5 +110,5 @@ def load_rgb(path) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError) as e:
-        raise ValueError(f"image {path} is unreadable ({e}); replace the file or drop its id "
+        raise UserError(f"image {path} is unreadable ({e}); replace the file or drop its id "
                          "from the split list") from e

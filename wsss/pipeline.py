@@ -9,13 +9,14 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from wsss import artifacts
+from wsss.errors import UserError
 from wsss.io import read_json, write_json
 from wsss.stages import STAGES
 
 log = logging.getLogger("wsss")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     pass
 
 

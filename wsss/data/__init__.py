@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from wsss.data.voc import VOCLayout
+from wsss.errors import UserError
 
 
 def dataset_root(cfg) -> Path:
@@ -16,7 +17,7 @@ def dataset_root(cfg) -> Path:
         return synthetic.ensure(cfg.paths.data_dir, OmegaConf.to_container(d.generator, resolve=True),
                                 list(d.class_names))
     if not d.root:
-        raise ValueError(f"dataset={d.name} needs dataset.root=PATH (the directory holding JPEGImages/)")
+        raise UserError(f"dataset={d.name} needs dataset.root=PATH (the directory holding JPEGImages/)")
     return Path(d.root).expanduser().resolve()
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from wsss.errors import UserError
 from wsss.io import save_label_png, write_json
 
 SHAPES = ["ellipse", "box", "triangle", "diamond", "cross", "ring"]
@@ -50,7 +51,7 @@ def dataset_dir(data_dir: str | Path, gen_cfg: dict) -> Path:
 def ensure(data_dir: str | Path, gen_cfg: dict, class_names: list[str]) -> Path:
     """Write the dataset on first use (atomically: a temporary tree renamed into place)."""
     if list(class_names) != CLASS_NAMES:
-        raise ValueError(f"dataset.class_names must be the generator's classes {CLASS_NAMES}")
+        raise UserError(f"dataset.class_names must be the generator's classes {CLASS_NAMES}")
     root = dataset_dir(data_dir, gen_cfg)
     if (root / "DONE").exists():
         return root
@@ -75,7 +76,7 @@ def ensure(data_dir: str | Path, gen_cfg: dict, class_names: list[str]) -> Path:
 def _write_tree(root: Path, g: dict) -> None:
     n_aug, n_train, n_val = g["num_train_aug"], g["num_train"], g["num_val"]
     if n_train > n_aug:
-        raise ValueError("synthetic: num_train must not exceed num_train_aug (train ⊂ train_aug)")
+        raise UserError("synthetic: num_train must not exceed num_train_aug (train ⊂ train_aug)")
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     ids = [f"s{i:05d}" for i in range(n_aug + n_val)]

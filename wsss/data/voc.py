@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsss.errors import UserError
 from wsss.io import load_label_png
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 TRAIN_AUG_SIZE = 10582  # VOC train ∪ SBD train ∪ SBD val − VOC val, on the real data
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset tree is missing or malformed; the message names the path and the fix."""
 
 

@@ -13,6 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
+from wsss.errors import UserError
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
@@ -24,7 +26,7 @@ def build_resnet(name: str, weights: str | None) -> nn.Module:
     `zero_init_residual`), which lets a deep ResNet train from scratch; loaded weights overwrite it.
     """
     if name not in RESNETS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {RESNETS}")
+        raise UserError(f"unknown backbone {name!r}; choose one of {RESNETS}")
     if weights in (None, "none", "random", ""):
         return getattr(torchvision.models, name)(weights=None)
     if weights == "imagenet" or weights.isupper():
@@ -33,14 +35,14 @@ def build_resnet(name: str, weights: str | None) -> nn.Module:
         return getattr(torchvision.models, name)(weights=chosen)  # downloads on first use
     path = Path(weights).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"backbone weights {path} not found; pass 'imagenet', a torchvision "
+        raise UserError(f"backbone weights {path} not found; pass 'imagenet', a torchvision "
                                 "weights name, a local .pth state dict, or none")
     net = getattr(torchvision.models, name)(weights=None)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
-        raise ValueError(f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected "
+        raise UserError(f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]})")
     return net
 

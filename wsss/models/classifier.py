@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import UserError
 from wsss.models.backbone import Backbone
 
 
@@ -73,7 +74,7 @@ def poly_optimizer(module: L.LightningModule, groups, name: str, weight_decay, m
     elif name == "adamw":
         opt = torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=weight_decay)
     else:
-        raise ValueError(f"unknown optimizer {name!r}; choose sgd or adamw")
+        raise UserError(f"unknown optimizer {name!r}; choose sgd or adamw")
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, poly_lambda(module.trainer.estimated_stepping_batches, poly_power))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -87,14 +88,14 @@ def load_checkpoint(path, module_cls):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, foreign or pickled files all end here
-        raise ValueError(f"checkpoint {path} cannot be loaded safely ({e}); re-run the stage that "
+        raise UserError(f"checkpoint {path} cannot be loaded safely ({e}); re-run the stage that "
                          "wrote it with force=true") from e
     hparams = dict(ckpt.get("hyper_parameters", {}))
     try:
         model = module_cls(**{**hparams, "weights": None})
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} was not written by {module_cls.__name__} with a matching "
+        raise UserError(f"checkpoint {path} was not written by {module_cls.__name__} with a matching "
                          f"configuration ({str(e).splitlines()[0]}); re-run its stage with force=true") from e
     return model
 

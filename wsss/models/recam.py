@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule, poly_optimizer
 
 
@@ -58,7 +59,7 @@ class ReCAMModule(ClassifierModule):
             return w_bce * self.sce_head.weight.flatten(1)
         if map_weights == "bce":
             return w_bce
-        raise ValueError(f"cam.map_weights={map_weights!r}: choose product (VOC reference) or bce (COCO)")
+        raise UserError(f"cam.map_weights={map_weights!r}: choose product (VOC reference) or bce (COCO)")
 
     def training_step(self, batch, batch_idx):
         x, y = batch

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from wsss import artifacts
 from wsss.cam import seed_file
 from wsss.data import open_dataset
+from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, write_json
 from wsss.metrics import ThresholdSweep, scores, threshold_cams
 from wsss.viz import colour_labels, heatmap, save_curve, save_panel
@@ -42,7 +43,7 @@ def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     split = cfg.eval_cam.split
     if split not in cfg.cam.splits:
-        raise ValueError(f"eval_cam.split={split} has no seeds: add it to cam.splits (now {list(cfg.cam.splits)})")
+        raise UserError(f"eval_cam.split={split} has no seeds: add it to cam.splits (now {list(cfg.cam.splits)})")
     seeds = artifacts.require(cfg, "make_cam", "eval_cam").path
     tau = float(cfg.cam.threshold)
     n_labels = layout.num_classes + 1
@@ -53,7 +54,7 @@ def run(cfg, out_dir: Path) -> dict:
         seed = load_seed(seed_file(seeds, img_id))
         gt = layout.read_mask(img_id)
         if gt.shape != seed["high_res"].shape[1:]:
-            raise ValueError(f"mask {layout.mask_path(img_id)} is {gt.shape} but the image/seed is "
+            raise UserError(f"mask {layout.mask_path(img_id)} is {gt.shape} but the image/seed is "
                              f"{seed['high_res'].shape[1:]}; masks must have the image's size")
         sweep.update(seed["high_res"], seed["keys"], gt)
         fixed.update(seed["high_res"], seed["keys"], gt)

@@ -15,6 +15,7 @@ from wsss import artifacts
 from wsss.cam import CAMPredictor, SeedWriter, missing_ids
 from wsss.data import open_dataset
 from wsss.data.datasets import MultiScaleDataset, single_item
+from wsss.errors import UserError
 from wsss.models.classifier import load_checkpoint, load_classifier
 from wsss.models.recam import ReCAMModule
 from wsss.training import build_trainer, checkpoint_path
@@ -39,7 +40,7 @@ def upstream(cfg) -> list[str]:
 
 def model_stage(cfg) -> str:
     if cfg.cam.method not in ("cam", "recam"):
-        raise ValueError(f"cam.method={cfg.cam.method!r}: choose cam or recam")
+        raise UserError(f"cam.method={cfg.cam.method!r}: choose cam or recam")
     return "train_recam" if cfg.cam.method == "recam" else "train_cls"
 
 

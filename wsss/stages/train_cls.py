@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wsss.data import dataset_identity, open_dataset
 from wsss.data.datasets import ClassificationDataModule
+from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
 from wsss.training import build_trainer, logged, plain, save_checkpoint
 
@@ -58,7 +59,7 @@ def labelled(layout, ids) -> list[str]:
     if skipped:
         log.warning("skipping %d images without image-level labels (e.g. %s)", len(skipped), skipped[0])
     if not kept:
-        raise ValueError(f"no labelled images in {layout.root}; check Annotations/ or SegmentationClass/")
+        raise UserError(f"no labelled images in {layout.root}; check Annotations/ or SegmentationClass/")
     return kept
 
 
