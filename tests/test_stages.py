@@ -49,12 +49,14 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
     assert len(curve["thresholds"]) == 56 and max(curve["miou"]) == metrics["eval_cam/train/miou_best"]
 
 
-def test_artifacts_are_reused_and_force_recomputes(tiny_cfg, tmp_path):
+def test_artifacts_are_reused_and_force_recomputes(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg("stages=[train_cls]")
     run_pipeline(cfg)
     art = artifacts.locate(cfg, "train_cls")
     stamp = art.manifest.stat().st_mtime_ns
+    capsys.readouterr()
     run_pipeline(cfg)
+    assert "(force=true recomputes): train_cls" in capsys.readouterr().out
     used = json.loads((tmp_path / "run" / "artifacts.json").read_text())
     assert used["train_cls"]["reused"] is True and art.manifest.stat().st_mtime_ns == stamp
     run_pipeline(tiny_cfg("stages=[train_cls]", "force=true"))

@@ -66,6 +66,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
             write_json(metrics_file, metrics)
     if artifacts.global_rank() == 0:
         print(summary_table(metrics))
+        used = read_json(run_dir / "artifacts.json") if (run_dir / "artifacts.json").exists() else {}
+        reused = [s for s in stages if used.get(s, {}).get("reused")]
+        if reused:
+            print(f"reused from {cfg.paths.artifacts_dir} (force=true recomputes): {', '.join(reused)}")
         print(f"run directory: {run_dir}")
     return metrics
 
