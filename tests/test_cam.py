@@ -148,3 +148,8 @@ def test_detach_after_layer2_stops_gradients():
     net(torch.randn(1, 3, 64, 64)).sum().backward()
     assert all(p.grad is None for p in net.layer2.parameters())
     assert any(p.grad is not None for p in net.layer3.parameters())
+
+
+def test_image_without_labels_gets_empty_maps_of_the_contract_shape():
+    strided, high = multiscale_cam(Pool16(), torch.zeros(0, 3), _views(torch.rand(3, 40, 48)), (40, 48))
+    assert strided.shape == (0, 10, 12) and high.shape == (0, 40, 48)

@@ -41,6 +41,8 @@ def normalize_max(maps: torch.Tensor) -> torch.Tensor:
 def multiscale_cam(backbone: nn.Module, weights: torch.Tensor, views, size) -> tuple[torch.Tensor, torch.Tensor]:
     """(strided [K,⌈H/4⌉,⌈W/4⌉], high_res [K,H,W]) from per-scale [2,3,h,w] image+flip batches."""
     h, w = size
+    if len(weights) == 0:  # no present class (an unlabelled image): empty maps, nothing to compute
+        return torch.zeros(0, *strided_size(h, w)), torch.zeros(0, h, w)
     strided = high = None
     for batch in views:
         a = activation(backbone(batch), weights)
