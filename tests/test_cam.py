@@ -135,10 +135,12 @@ def test_backbone_output_stride_16_without_dilation(name):
 def test_frozen_bn_statistics_and_stem():
     net = Backbone("resnet18", freeze_bn_stats=True, freeze_stem=True).train()
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert not any(m.training for m in bns)
     before = bns[3].running_mean.clone()
-    net(torch.randn(2, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    out = net(x)
     assert torch.equal(bns[3].running_mean, before)
+    assert torch.equal(out, net.eval()(x))  # train and eval agree: stored statistics in both
+    assert all(p.requires_grad for m in bns[1:] for p in m.parameters())  # γ/β still learn (stem aside)
     assert not any(p.requires_grad for p in net.stem.parameters())
     assert all(p.requires_grad for p in net.layer1.parameters())
 

@@ -109,3 +109,14 @@ def test_train_recam_does_nothing_for_cam(tiny_cfg):
 
 def test_threshold_does_not_change_the_seeds_key(tiny_cfg):
     assert artifacts.locate(tiny_cfg("cam.threshold=0.3"), "make_cam").key == artifacts.locate(tiny_cfg(), "make_cam").key
+
+
+def test_frozen_bn_statistics_survive_a_lightning_fit(tiny_cfg):
+    """Lightning restores per-module training flags itself; frozen statistics must hold regardless."""
+    cfg = tiny_cfg("stages=[train_cls]", "cls.freeze_bn_stats=true")
+    run_pipeline(cfg)
+    state = torch.load(checkpoint_path(artifacts.locate(cfg, "train_cls").path), weights_only=True)["state_dict"]
+    fresh = ClassifierModule(12, "resnet18").state_dict()
+    for k, v in state.items():
+        if k.endswith(("running_mean", "running_var")):
+            assert torch.equal(v, fresh[k]), k

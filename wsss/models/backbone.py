@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -47,6 +48,15 @@ def build_resnet(name: str, weights: str | None) -> nn.Module:
     return net
 
 
+class FixedStatsBatchNorm2d(nn.BatchNorm2d):
+    """BN that always normalises with its stored running statistics and never updates them,
+    whatever its `training` flag (Lightning restores flags per module, bypassing `train()`).
+    γ and β stay ordinary trainable parameters, as in the references."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
 class Backbone(nn.Module):
     """ResNet trunk returning the stride-16 layer4 features (no pooling, no fc)."""
 
@@ -60,8 +70,11 @@ class Backbone(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = net.fc.in_features
-        self.freeze_bn_stats = freeze_bn_stats
         self.detach_after_layer2 = detach_after_layer2
+        if freeze_bn_stats:  # algorithms.md §10.2: BN statistics frozen always
+            for m in self.modules():
+                if type(m) is nn.BatchNorm2d:
+                    m.__class__ = FixedStatsBatchNorm2d  # same parameters and buffers, same state dict
         if freeze_stem:
             for p in list(net.conv1.parameters()) + list(net.bn1.parameters()):
                 p.requires_grad_(False)
@@ -71,11 +84,3 @@ class Backbone(nn.Module):
         if self.detach_after_layer2:
             x = x.detach()
         return self.layer4(self.layer3(x))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.freeze_bn_stats:  # BN always uses the stored statistics (algorithms.md §10.2)
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        return self
