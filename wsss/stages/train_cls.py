@@ -14,7 +14,7 @@ from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
 from wsss.training import build_trainer, logged, plain, save_checkpoint
 
-VERSION = 1
+VERSION = 2  # 2: frozen BN statistics really frozen under Lightning
 STORED = True
 log = logging.getLogger(__name__)
 
