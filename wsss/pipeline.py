@@ -50,6 +50,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    rank0 = artifacts.global_rank() == 0  # with DDP every rank walks the pipeline; rank 0 reports
     for name in stages:
         module = STAGES[name]
         if not getattr(module, "needed", lambda _: True)(cfg):
@@ -59,12 +60,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
         start = time.time()
         if module.STORED:
             metrics.update(artifacts.produce(cfg, name, module.run, run_dir))
-        elif artifacts.global_rank() == 0:  # run-directory stages are single-process
+        elif rank0:  # run-directory stages are single-process
             metrics.update(module.run(cfg, run_dir / name))
         metrics[f"time/{name}"] = round(time.time() - start, 2)
-        if artifacts.global_rank() == 0:
+        if rank0:
             write_json(metrics_file, metrics)
-    if artifacts.global_rank() == 0:
+    if rank0:
         print(summary_table(metrics))
         used = read_json(run_dir / "artifacts.json") if (run_dir / "artifacts.json").exists() else {}
         reused = [s for s in stages if used.get(s, {}).get("reused")]

@@ -21,10 +21,8 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 def build_resnet(name: str, weights: str | None) -> nn.Module:
     """A torchvision ResNet with `weights`: 'imagenet' (torchvision's V1 weights, as the references),
-    a torchvision weights enum name (e.g. IMAGENET1K_V2), a local state-dict path, or None (random).
-
-    Random initialisation zero-initialises the last BN of each residual block (torchvision's
-    `zero_init_residual`), which lets a deep ResNet train from scratch; loaded weights overwrite it.
+    a torchvision weights enum name (e.g. IMAGENET1K_V2), a local state-dict path, or None (random,
+    torchvision's default initialisation).
     """
     if name not in RESNETS:
         raise UserError(f"unknown backbone {name!r}; choose one of {RESNETS}")

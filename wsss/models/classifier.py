@@ -31,7 +31,10 @@ class ClassifierModule(L.LightningModule):
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.backbone(x)
+        return self.logits(self.backbone(x))
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """GAP then the bias-free 1×1 head: [B,D,h,w] → [B,C]."""
         return self.classifier(feats.mean((2, 3), keepdim=True)).flatten(1)
 
     def cam_weights(self) -> torch.Tensor:

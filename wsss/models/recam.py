@@ -54,7 +54,7 @@ class ReCAMModule(ClassifierModule):
 
     def cam_weights(self, map_weights: str = "product") -> torch.Tensor:
         """ReCAM map weights: W_bce ⊙ W_sce (`product`, the VOC reference) or W_bce (`bce`, COCO)."""
-        w_bce = self.classifier.weight.flatten(1)
+        w_bce = super().cam_weights()
         if map_weights == "product":
             return w_bce * self.sce_head.weight.flatten(1)
         if map_weights == "bce":
@@ -64,10 +64,8 @@ class ReCAMModule(ClassifierModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         feats = self.backbone(x)
-        logits = self.classifier(feats.mean((2, 3), keepdim=True)).flatten(1)
-        bce = F.multilabel_soft_margin_loss(logits, y)
-        sce, acc = sce_loss(masked_class_features(feats, self.classifier.weight.flatten(1)),
-                            self.sce_head.weight.flatten(1), y)
+        bce = F.multilabel_soft_margin_loss(self.logits(feats), y)
+        sce, acc = sce_loss(masked_class_features(feats, super().cam_weights()), self.sce_head.weight.flatten(1), y)
         loss = bce + self.hparams.loss_weight * sce
         log = {"train_recam/train/loss": loss, "train_recam/train/bce": bce, "train_recam/train/sce": sce,
                "train_recam/train/sce_acc": acc}
