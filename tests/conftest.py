@@ -14,7 +14,8 @@ TINY = [
     "dataset.generator.num_train_aug=24", "dataset.generator.num_train=8", "dataset.generator.num_val=8",
     "dataset.generator.min_size=48", "dataset.generator.max_size=64",
     "cls.batch_size=4", "cls.epochs=1", "cls.crop_size=64", "cls.resize_long=[48,80]",
-    "cam.scales=[1.0,0.5]", "num_workers=0", "trainer=cpu", "+trainer.enable_progress_bar=false",
+    "cam.scales=[1.0,0.5]", "seg.max_steps=3", "seg.batch_size=4", "seg.crop_size=48", "seg.val_every_n_epochs=1",
+    "num_workers=0", "trainer=cpu", "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
 ]
 

@@ -9,7 +9,7 @@ from tests.conftest import CONF, compose_cfg
 from wsss.pipeline import ConfigError, selected_stages, validate
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml")) for g in
-          ("dataset", "cls", "cam", "trainer", "logger", "experiment")}
+          ("dataset", "cls", "cam", "refine", "seg", "trainer", "logger", "experiment")}
 
 
 def test_contract_keys_in_primary_config(tmp_path):
@@ -44,7 +44,8 @@ def test_experiment_presets_pin_the_reference_recipe(tmp_path):
 
 
 def test_stage_selection_orders_and_rejects_unknown():
-    assert selected_stages("all") == ["train_cls", "train_recam", "make_cam", "eval_cam"]
+    assert selected_stages("all") == ["train_cls", "train_recam", "make_cam", "eval_cam", "make_pseudo", "train_seg",
+                                      "eval_seg"]  # contract.md order
     assert selected_stages(["eval_cam", "train_cls"]) == ["train_cls", "eval_cam"]
     with pytest.raises(ConfigError, match="unknown stage"):
         selected_stages(["train_cls", "make_cams"])

@@ -93,30 +93,34 @@ def barrier() -> None:
         dist.barrier()
 
 
-def produce(cfg, stage: str, run_fn, run_dir: Path) -> dict:
-    """Reuse the stage's complete output, or run `run_fn(cfg, out_dir)` and seal it with a manifest."""
+def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -> dict:
+    """Reuse the stage's complete output, or run `run_fn(cfg, out_dir)` and seal it with a manifest.
+
+    With several processes (DDP), a `distributed` stage runs on every rank (Lightning shards the
+    work) and rank 0 seals it; any other stage runs on rank 0 alone while the others wait.
+    """
     art = locate(cfg, stage)
-    if global_rank() > 0:  # take part in the distributed work; rank 0 seals the output
-        metrics = read_json(art.manifest)["metrics"] if art.complete and not cfg.force else run_fn(cfg, art.path)
-        barrier()
-        return metrics
+    if global_rank() > 0:
+        if distributed and not (art.complete and not cfg.force):
+            run_fn(cfg, art.path)
+        barrier()  # rank 0 has sealed the output
+        return read_json(art.manifest)["metrics"]
     art.path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(art.path) + ".lock"):
         if art.complete and cfg.force:
             shutil.rmtree(art.path)
-        if art.complete:
-            _record(run_dir, art, reused=True)
-            return read_json(art.manifest)["metrics"]
-        art.path.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        metrics = run_fn(cfg, art.path)
-        write_json(art.manifest, {
-            "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
-            "files": sorted(str(p.relative_to(art.path)) for p in art.path.rglob("*") if p.is_file()),
-            "code_version": code_version(), "started": start, "seconds": time.time() - start})
-    barrier()
-    _record(run_dir, art, reused=False)
-    return metrics
+        reused = art.complete
+        if not reused:
+            art.path.mkdir(parents=True, exist_ok=True)
+            start = time.time()
+            metrics = run_fn(cfg, art.path)
+            write_json(art.manifest, {
+                "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
+                "files": sorted(str(p.relative_to(art.path)) for p in art.path.rglob("*") if p.is_file()),
+                "code_version": code_version(), "started": start, "seconds": time.time() - start})
+    barrier()  # every rank passes here once per stage, reused or not
+    _record(run_dir, art, reused=reused)
+    return read_json(art.manifest)["metrics"]
 
 
 def _record(run_dir: Path, art: Artifact, reused: bool) -> None:

@@ -34,11 +34,28 @@ def validate(cfg: DictConfig) -> None:
     tau = cfg.cam.threshold
     if not 0 <= tau <= 1:
         raise ConfigError(f"cam.threshold={tau} must lie in [0, 1] (maps are max-normalised)")
-    if any(s <= 0 for s in cfg.cam.scales):
-        raise ConfigError(f"cam.scales={list(cfg.cam.scales)} must all be > 0")
+    for key, scales in (("cam.scales", cfg.cam.scales), ("seg.scales", cfg.seg.scales),
+                        ("seg.eval.scales", cfg.seg.eval.scales)):
+        if not len(scales) or any(s <= 0 for s in scales):
+            raise ConfigError(f"{key}={list(scales)} must be a non-empty list of values > 0")
     sw = cfg.eval_cam.sweep
     if not (0 <= sw.start < sw.stop <= 1 and sw.step > 0):
         raise ConfigError(f"eval_cam.sweep={OmegaConf.to_container(sw)} needs 0 ≤ start < stop ≤ 1, step > 0")
+    if not set(cfg.pseudo.splits) <= set(cfg.cam.splits) or cfg.pseudo.eval_split not in cfg.pseudo.splits:
+        raise ConfigError(f"pseudo.splits={list(cfg.pseudo.splits)} must be among cam.splits={list(cfg.cam.splits)} "
+                          f"(the splits with seeds) and include pseudo.eval_split={cfg.pseudo.eval_split}")
+    if cfg.seg.train_split not in cfg.pseudo.splits:
+        raise ConfigError(f"seg.train_split={cfg.seg.train_split} has no pseudo-labels: add it to pseudo.splits "
+                          f"and cam.splits (now {list(cfg.pseudo.splits)} / {list(cfg.cam.splits)})")
+    if cfg.pseudo.threshold_source not in ("fixed", "swept"):
+        raise ConfigError(f"pseudo.threshold_source={cfg.pseudo.threshold_source!r}: choose fixed or swept")
+    r = cfg.refine
+    if r.method not in ("none", "crf") or r.get("mode", "label") not in ("label", "softmax"):
+        raise ConfigError(f"refine={r.method} mode={r.get('mode')}: choose refine=none or refine=crf "
+                          "(refine.mode=label|softmax)")
+    for key in ("fg_threshold", "bg_threshold"):
+        if r.get(key) is not None and not 0 <= r[key] <= 1:
+            raise ConfigError(f"refine.{key}={r[key]} must lie in [0, 1]")
 
 
 def run_pipeline(cfg: DictConfig) -> dict:
@@ -49,7 +66,6 @@ def run_pipeline(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     rank0 = artifacts.global_rank() == 0  # with DDP every rank walks the pipeline; rank 0 reports
     for name in stages:
         module = STAGES[name]
@@ -57,9 +73,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
             log.info("stage %s: not needed for cam=%s, skipped", name, cfg.cam.method)
             continue
         log.info("stage %s", name)
+        # every stage starts from the same RNG state, so a stage computes the same output whether
+        # or not its upstream stages ran in this process or were reused from the store
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         start = time.time()
         if module.STORED:
-            metrics.update(artifacts.produce(cfg, name, module.run, run_dir))
+            metrics.update(artifacts.produce(cfg, name, module.run, run_dir, getattr(module, "DISTRIBUTED", False)))
         elif rank0:  # run-directory stages are single-process
             metrics.update(module.run(cfg, run_dir / name))
         metrics[f"time/{name}"] = round(time.time() - start, 2)

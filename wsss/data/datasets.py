@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.data.transforms import multiscale_views, normalize, to_chw, top_left_pad, train_view
+from wsss.data.transforms import multiscale_views, normalize, seg_train_view, to_chw, top_left_pad, train_view
 from wsss.data.voc import VOCLayout
-from wsss.io import load_rgb
+from wsss.errors import UserError
+from wsss.io import load_label_png, load_rgb
 
 
 class ClassificationDataset(Dataset):
@@ -32,6 +33,32 @@ class ClassificationDataset(Dataset):
     def _rng(self) -> np.random.Generator:
         # torch seeds the main process and every worker from the global seed, so this is reproducible
         return np.random.default_rng(torch.randint(0, 2**31, (1,)).item())
+
+
+class SegmentationDataset(Dataset):
+    """(image, label map) pairs; `label_path(id)` gives the PNG (pseudo-labels or ground truth).
+
+    Training items are DeepLab-v2 augmented crops; evaluation items are the full image (batch 1).
+    """
+
+    def __init__(self, layout: VOCLayout, ids, label_path, train: bool, scales=(1.0,), crop: int = 321):
+        self.layout, self.ids, self.label_path, self.train = layout, list(ids), label_path, train
+        self.scales, self.crop = tuple(scales), crop
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img_id = self.ids[i]
+        image = load_rgb(self.layout.image_path(img_id))
+        label = load_label_png(self.label_path(img_id))
+        if label.shape != image.shape[:2]:
+            raise UserError(f"label map {self.label_path(img_id)} is {label.shape} but image "
+                            f"{self.layout.image_path(img_id)} is {image.shape[:2]}")
+        if self.train:
+            rng = np.random.default_rng(torch.randint(0, 2**31, (1,)).item())
+            return seg_train_view(image, label, self.scales, self.crop, rng)
+        return to_chw(normalize(image)), torch.from_numpy(label.astype(np.int64))
 
 
 class MultiScaleDataset(Dataset):

@@ -68,3 +68,22 @@ def multiscale_views(image: np.ndarray, scales) -> list[torch.Tensor]:
         x = to_chw(normalize(rescale(image, s)))
         views.append(torch.stack([x, x.flip(-1)]))
     return views
+
+
+def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepLab-v2 augmentation: a random scale from `scales` (bilinear image, nearest label), pad
+    bottom/right to the crop (mean colour / 255), a random crop, horizontal flip p=0.5."""
+    s = float(rng.choice(list(scales)))
+    h, w = label.shape
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    x = normalize(image)
+    ph, pw = max(crop - x.shape[0], 0), max(crop - x.shape[1], 0)
+    x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
+    label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)
+    y0, x0 = int(rng.integers(0, x.shape[0] - crop + 1)), int(rng.integers(0, x.shape[1] - crop + 1))
+    x, label = x[y0:y0 + crop, x0:x0 + crop], label[y0:y0 + crop, x0:x0 + crop]
+    if rng.random() < 0.5:
+        x, label = x[:, ::-1], label[:, ::-1]
+    return to_chw(x), torch.from_numpy(np.ascontiguousarray(label)).long()

@@ -39,6 +39,27 @@ def sweep_thresholds(spec) -> np.ndarray:
     return np.round(spec.start + spec.step * np.arange(n), 6)
 
 
+def accumulate(layout, seeds: Path, ids, sweeps: list[ThresholdSweep], desc: str) -> None:
+    """Add every image's seeds (vs its ground truth) to each threshold sweep."""
+    for img_id in tqdm(ids, desc=desc):
+        seed = load_seed(seed_file(seeds, img_id))
+        gt = layout.read_mask(img_id)
+        if gt.shape != seed["high_res"].shape[1:]:
+            raise UserError(f"mask {layout.mask_path(img_id)} is {gt.shape} but the image/seed is "
+                            f"{seed['high_res'].shape[1:]}; masks must have the image's size")
+        for sweep in sweeps:
+            sweep.update(seed["high_res"], seed["keys"], gt)
+
+
+def best_threshold(cfg, layout, seeds: Path) -> tuple[float, float]:
+    """(τ, mIoU %) of the sweep's best background threshold on eval_cam.split's ground truth."""
+    sweep = ThresholdSweep(sweep_thresholds(cfg.eval_cam.sweep), layout.num_classes + 1)
+    accumulate(layout, seeds, layout.ids(cfg.eval_cam.split), [sweep], desc="sweeping τ on GT")
+    curve = [100 * scores(c)["miou"] for c in sweep.confusions()]
+    best = int(np.nanargmax(curve))
+    return float(sweep.thresholds[best]), float(curve[best])
+
+
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     split = cfg.eval_cam.split
@@ -50,14 +71,7 @@ def run(cfg, out_dir: Path) -> dict:
     sweep = ThresholdSweep(sweep_thresholds(cfg.eval_cam.sweep), n_labels)
     fixed = ThresholdSweep([tau], n_labels)
     ids = layout.ids(split)
-    for img_id in tqdm(ids, desc=f"eval_cam {split}"):
-        seed = load_seed(seed_file(seeds, img_id))
-        gt = layout.read_mask(img_id)
-        if gt.shape != seed["high_res"].shape[1:]:
-            raise UserError(f"mask {layout.mask_path(img_id)} is {gt.shape} but the image/seed is "
-                             f"{seed['high_res'].shape[1:]}; masks must have the image's size")
-        sweep.update(seed["high_res"], seed["keys"], gt)
-        fixed.update(seed["high_res"], seed["keys"], gt)
+    accumulate(layout, seeds, ids, [sweep, fixed], desc=f"eval_cam {split}")
     curve = [100 * scores(c)["miou"] for c in sweep.confusions()]
     best = int(np.nanargmax(curve))
     at_tau = scores(fixed.confusions()[0])

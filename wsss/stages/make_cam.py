@@ -22,6 +22,7 @@ from wsss.training import build_trainer, checkpoint_path
 
 VERSION = 1
 STORED = True
+DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 
 
 def identity(cfg) -> dict:

@@ -16,6 +16,7 @@ from wsss.training import build_trainer, logged, plain, save_checkpoint
 
 VERSION = 2  # 2: frozen BN statistics really frozen under Lightning
 STORED = True
+DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 log = logging.getLogger(__name__)
 
 

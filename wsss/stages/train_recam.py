@@ -19,6 +19,7 @@ from wsss.training import build_trainer, checkpoint_path, logged, plain, save_ch
 
 VERSION = 1
 STORED = True
+DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 
 
 def needed(cfg) -> bool:

@@ -1,0 +1,69 @@
+"""Speed benchmarks, measured as ratios within one run on one machine (never as timed tests).
+
+    python scripts/benchmark.py crf [--images N] [--workers 1 2] [overrides...]
+
+`crf`: make_pseudo's CRF pass (refine=crf) over the first N seeds of the configured make_cam
+artifact, once per worker count, into throw-away directories; prints seconds, images/s and the
+speed-up over the first worker count, after one warm-up pass (so no count profits from a cache
+the others did not have). Workers are forked, as in `wsss`. The seeds must exist: run
+`wsss stages=[train_cls,make_cam]` with the same overrides first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"paths.root={Path.cwd()}", "paths.run_dir=/tmp/wsss-bench",
+                                            "refine=crf", *overrides])
+
+
+def bench_crf(cfg, n_images: int, worker_counts: list[int]) -> None:
+    from wsss import artifacts
+    from wsss.cam import seed_file
+    from wsss.data import open_dataset
+    from wsss.pseudo import Task, run_tasks
+    from wsss.stages.make_pseudo import thresholds
+
+    layout = open_dataset(cfg)
+    seeds = artifacts.require(cfg, "make_cam", "benchmark").path
+    ids = [i for s in cfg.cam.splits for i in layout.ids(s)][:n_images]
+    tau, fg, bg = thresholds(cfg, layout, seeds)
+    with tempfile.TemporaryDirectory() as out:  # warm-up: page cache, imports, pydensecrf
+        run_tasks([Task(i, seed_file(seeds, i), layout.image_path(i), Path(out) / f"{i}.png") for i in ids],
+                  1, cfg.refine, tau, fg, bg, desc="warm-up")
+    rows = []
+    for workers in worker_counts:
+        with tempfile.TemporaryDirectory() as out:
+            tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), Path(out) / f"{i}.png") for i in ids]
+            start = time.perf_counter()
+            run_tasks(tasks, workers, cfg.refine, tau, fg, bg, desc=f"CRF, {workers} workers")
+            rows.append((workers, time.perf_counter() - start))
+    print(f"\nCRF pseudo-labels ({cfg.refine.mode} unary), {len(ids)} images, {cfg.dataset.name}")
+    print("workers  seconds  images/s  speed-up")
+    for workers, sec in rows:
+        print(f"{workers:>7}  {sec:7.1f}  {len(ids) / sec:8.1f}  {rows[0][1] / sec:7.2f}x")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["crf"])
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for wsss")
+    args = ap.parse_args(argv)
+    bench_crf(load_cfg(args.overrides), args.images, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

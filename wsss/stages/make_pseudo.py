@@ -1,0 +1,148 @@
+"""make_pseudo: seeds → pseudo-label maps, optionally refined with a dense CRF (algorithms.md §6).
+
+In:  make_cam's seeds for every split of `pseudo.splits`; the images (the CRF sees the original RGB).
+Out: `labels/<id>.png` per image (palette PNG, 0..C, 255 = unsure), `overlays/<id>.png` for a
+     sample of `pseudo.eval_split`, and metrics against that split's ground truth.
+τ is `cam.threshold` (threshold_source=fixed) or the eval_cam sweep's best τ on the ground truth
+(threshold_source=swept, a mild GT leakage that tables mark). refine=crf mode=label is IRN/ReCAM's
+IR-label construction (two thresholds, 255 where they disagree); mode=softmax is PSA's.
+Resumable: images whose PNG exists are skipped (PNGs are written atomically).
+Scoring (pitfall 11): `miou` counts pseudo-label 255 pixels as background, as the reference sem-seg
+evaluation does (comparable with published mask numbers); `miou_255_ignored` leaves them out (what
+a network trained on them sees); `ignore_pct` is the share of 255 pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from wsss import artifacts
+from wsss.cam import seed_file
+from wsss.data import open_dataset
+from wsss.errors import UserError
+from wsss.io import load_label_png, load_rgb, load_seed
+from wsss.metrics import IGNORE, confusion, scores, threshold_cams
+from wsss.pseudo import Task, default_workers, run_tasks
+from wsss.stages.eval_cam import best_threshold
+from wsss.viz import colour_labels, save_panel
+
+VERSION = 1
+STORED = True
+
+
+def identity(cfg) -> dict:
+    p, r = cfg.pseudo, cfg.refine
+    refine = {k: v for k, v in OmegaConf.to_container(r, resolve=True).items() if k != "workers"}
+    ident = {"splits": list(p.splits), "eval_split": p.eval_split, "threshold_source": p.threshold_source,
+             "refine": refine}
+    if p.threshold_source == "fixed":
+        ident["threshold"] = float(cfg.cam.threshold)
+    else:  # the swept τ follows from the seeds (an input) and the sweep settings
+        ident["sweep"] = {"split": cfg.eval_cam.split, **OmegaConf.to_container(cfg.eval_cam.sweep)}
+    if not uses_tau(r):  # the labels do not depend on τ: sweeping it must not recompute them
+        ident.pop("threshold", None)
+        ident.pop("sweep", None)
+        ident["threshold_source"] = "unused"
+    return ident
+
+
+def uses_tau(refine) -> bool:
+    """PSA-style CRF ignores τ; the IR-label CRF with both thresholds absolute does too."""
+    if refine.method == "none":
+        return True
+    if refine.mode == "softmax":
+        return False
+    return refine.get("fg_threshold") is None or refine.get("bg_threshold") is None
+
+
+def upstream(cfg) -> list[str]:
+    return ["make_cam"]
+
+
+def label_file(out_dir: Path, img_id: str) -> Path:
+    return Path(out_dir) / "labels" / f"{img_id}.png"
+
+
+def thresholds(cfg, layout, seeds: Path) -> tuple[float, float, float]:
+    """(τ, fg τ, bg τ): fg/bg are the IR-label thresholds, absolute or τ + / − an offset."""
+    if cfg.pseudo.threshold_source == "fixed":
+        tau = float(cfg.cam.threshold)
+    else:  # swept (validated up front)
+        tau, _ = best_threshold(cfg, layout, seeds)
+    r = cfg.refine
+    fg = r.get("fg_threshold") if r.get("fg_threshold") is not None else tau + r.get("fg_offset", 0.0)
+    bg = r.get("bg_threshold") if r.get("bg_threshold") is not None else tau - r.get("bg_offset", 0.0)
+    return tau, float(np.clip(fg, 0, 1)), float(np.clip(bg, 0, 1))
+
+
+def run(cfg, out_dir: Path) -> dict:
+    layout = open_dataset(cfg)
+    p = cfg.pseudo
+    seeds = artifacts.require(cfg, "make_cam", "make_pseudo").path
+    tau, fg, bg = thresholds(cfg, layout, seeds)
+    ids = list(dict.fromkeys(i for s in p.splits for i in layout.ids(s)))
+    tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), label_file(out_dir, i))
+             for i in ids if not label_file(out_dir, i).exists()]
+    workers = default_workers(cfg.refine.workers)
+    run_tasks(tasks, workers, cfg.refine, tau, fg, bg, desc=f"make_pseudo ({_describe(cfg)}, {workers} workers)")
+    metrics = evaluate(layout, out_dir, p.eval_split)
+    metrics.update({f"make_pseudo/{p.eval_split}/threshold": tau, "make_pseudo/images": len(ids),
+                    "make_pseudo/computed": len(tasks)})
+    if cfg.refine.method == "crf" and cfg.refine.mode == "label":
+        metrics.update({"make_pseudo/fg_threshold": fg, "make_pseudo/bg_threshold": bg})
+    metrics.update(_protocol(cfg))
+    _overlays(layout, seeds, out_dir, layout.ids(p.eval_split)[: p.num_overlays], tau)
+    return metrics
+
+
+def evaluate(layout, out_dir: Path, split: str) -> dict:
+    """mIoU of the split's pseudo-labels vs GT, with 255 as background and with 255 left out."""
+    n = layout.num_classes + 1
+    conf_bg = np.zeros((n, n), np.int64)
+    conf_ignore = np.zeros((n, n), np.int64)
+    unsure = total = 0
+    for img_id in layout.ids(split):
+        label = load_label_png(label_file(out_dir, img_id))
+        gt = layout.read_mask(img_id)
+        if gt.shape != label.shape:
+            raise UserError(f"mask {layout.mask_path(img_id)} is {gt.shape} but the image is {label.shape}; "
+                            "masks must have the image's size")
+        sure = label != IGNORE
+        conf_bg += confusion(gt, np.where(sure, label, 0), n)
+        conf_ignore += confusion(gt[sure], label[sure], n)
+        unsure += int((~sure).sum())
+        total += label.size
+    s_bg, s_ignore = scores(conf_bg), scores(conf_ignore)
+    pre = f"make_pseudo/{split}"
+    out = {f"{pre}/miou": 100 * s_bg["miou"], f"{pre}/miou_255_ignored": 100 * s_ignore["miou"],
+           f"{pre}/ignore_pct": 100 * unsure / max(total, 1)}
+    for i, name in enumerate(["background"] + layout.class_names):
+        out[f"{pre}/iou/{name}"] = float(100 * s_bg["iou"][i])
+        out[f"{pre}/iou_255_ignored/{name}"] = float(100 * s_ignore["iou"][i])
+    return out
+
+
+def _describe(cfg) -> str:
+    return "no refinement" if cfg.refine.method == "none" else f"CRF, {cfg.refine.mode} unary"
+
+
+def _protocol(cfg) -> dict:
+    r = cfg.refine
+    return {"protocol/make_pseudo/threshold_source": cfg.pseudo.threshold_source,
+            "protocol/make_pseudo/refine": "none" if r.method == "none" else f"crf-{r.mode}",
+            "protocol/make_pseudo/ignore": "255 as background (miou, the reference); left out (miou_255_ignored)",
+            "protocol/make_pseudo/splits": ",".join(cfg.pseudo.splits)}
+
+
+def _overlays(layout, seeds: Path, out_dir: Path, ids, tau: float) -> None:
+    """image | seed at τ | pseudo-label | ground truth (255 drawn in the VOC border colour)."""
+    for img_id in ids:
+        seed = load_seed(seed_file(seeds, img_id))
+        seed_labels = threshold_cams(seed["high_res"].astype(np.float32), seed["keys"], tau).astype(np.uint8)
+        save_panel(out_dir / "overlays" / f"{img_id}.png",
+                   [load_rgb(layout.image_path(img_id)), colour_labels(seed_labels),
+                    colour_labels(load_label_png(label_file(out_dir, img_id))),
+                    colour_labels(layout.read_mask(img_id))],
+                   [img_id, f"seed @ τ={tau:.2f}", "pseudo-label", "ground truth"])
