@@ -43,27 +43,33 @@ def test_voc_layout_tree_without_annotations(tmp_path, voc200):
             (root / "JPEGImages" / f"{i}.jpg").symlink_to(voc200 / "JPEGImages" / f"{i}.jpg")
             (root / "SegmentationClass" / f"{i}.png").symlink_to(voc200 / "SegmentationClass" / f"{i}.png")
     cmd = [sys.executable, "-m", "wsss", "dataset=voc12", f"dataset.root={root}", f"paths.root={tmp_path}",
-           "stages=[train_cls,make_cam,eval_cam]", "cls.epochs=1", "cls.batch_size=2", "cam.scales=[0.5]",
-           "num_workers=0", "trainer=cpu", "+trainer.enable_progress_bar=false"]
+           "cls.epochs=1", "cls.batch_size=2", "cam.scales=[0.5]", "seg.max_steps=2", "seg.batch_size=2",
+           "seg.crop_size=64", "refine=crf", "num_workers=0", "trainer=cpu", "+trainer.enable_progress_bar=false"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "falls back to train" in res.stdout + res.stderr  # no train_aug list, no SBD
     run_dir = res.stdout.strip().splitlines()[-1].split("run directory: ")[1]
     metrics = json.loads(open(f"{run_dir}/metrics.json").read())
     assert "eval_cam/train/iou/person" in metrics and metrics["train_cls/train/images"] == 6
+    # every stage ran (stages=all): pseudo-labels with the CRF on real images, a network, val mIoU
+    assert metrics["make_pseudo/images"] == 6 and "make_pseudo/train/iou/person" in metrics
+    assert metrics["eval_seg/images"] == 3 and "eval_seg/val/iou/person" in metrics
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_share_the_store(tmp_path):
     """trainer=ddp: Lightning re-runs the program per rank; only rank 0 locks, writes and seals."""
-    cmd = [sys.executable, "-m", "wsss", "stages=[train_cls,make_cam,eval_cam]", f"paths.root={tmp_path}",
+    cmd = [sys.executable, "-m", "wsss", f"paths.root={tmp_path}",  # stages=all
            *[o for o in TINY if o != "trainer=cpu"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("run directory:") == 1
     seeds = list((tmp_path / "artifacts" / "make_cam").glob("*/*.npz"))
     assert len(seeds) == 8  # both ranks' shards
-    assert len(list((tmp_path / "artifacts").glob("*/*/manifest.json"))) == 2
+    # stored stages: train_cls, make_cam, make_pseudo, train_seg, eval_seg; the last two non-sharded
+    # ones (make_pseudo, eval_seg) ran on rank 0 alone while rank 1 waited
+    assert len(list((tmp_path / "artifacts").glob("*/*/manifest.json"))) == 5
+    assert len(list((tmp_path / "artifacts" / "make_pseudo").glob("*/labels/*.png"))) == 8
 
 
 @pytest.mark.slow
