@@ -99,3 +99,17 @@ def test_bad_dataset_root_is_one_clear_line(tmp_path):
     assert res.stderr.strip().splitlines() == [
         f"wsss: error: dataset root {tmp_path}/nope does not exist; set dataset.root=PATH to a VOC-layout "
         "directory (the one holding JPEGImages/)"]
+
+
+@pytest.mark.slow
+def test_joblib_sweep_trains_the_shared_classifier_once(tmp_path):
+    """Two parallel jobs that need the same classifier: one trains it, the other waits and reuses it."""
+    cmd = [sys.executable, "-m", "wsss", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "refine=none,crf",
+           "stages=[train_cls,make_cam,make_pseudo]", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((tmp_path / "artifacts" / "train_cls").glob("*/manifest.json"))) == 1
+    assert len(list((tmp_path / "artifacts" / "make_cam").glob("*/manifest.json"))) == 1
+    assert len(list((tmp_path / "artifacts" / "make_pseudo").glob("*/manifest.json"))) == 2
+    used = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "multirun").glob("*/*/artifacts.json")]
+    assert sorted(u["train_cls"]["reused"] for u in used) == [False, True]

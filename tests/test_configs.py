@@ -74,3 +74,30 @@ def test_recam_preset_pins_the_reference_recipe(tmp_path):
         ("sgd", 5e-5, 1, 5e-4, 1.0, 4, 1e-4)
     assert cfg.cls.backbone == "resnet50" and cfg.cls.detach_after_layer2 is False
     assert cfg.paper["eval_cam/train/miou"]["value"] == 54.8
+
+
+def test_crf_and_segmentation_presets(tmp_path):
+    cfg = compose_cfg(tmp_path, "experiment=recam_voc12_crf", "dataset.root=/data/voc")
+    validate(cfg)
+    assert (cfg.refine.method, cfg.refine.mode, cfg.refine.fg_threshold, cfg.refine.bg_threshold) == \
+        ("crf", "label", 0.35, 0.10)
+    assert "train_aug" in cfg.pseudo.splits and "train_aug" in cfg.cam.splits
+    cfg = compose_cfg(tmp_path, "experiment=deeplabv2_voc12", "dataset.root=/data/voc")
+    validate(cfg)
+    s = cfg.seg
+    assert (s.arch, s.weights, s.optimizer, s.lr, s.head_lr_mult, s.head_bias_lr_mult, s.momentum) == \
+        ("deeplabv2_resnet101", "imagenet", "sgd", 2.5e-4, 10, 20, 0.9)
+    assert (s.batch_size * s.accumulate, s.max_steps, s.crop_size, s.msc, s.freeze_bn, s.eval.crf) == \
+        (10, 20000, 321, True, True, True)
+    assert s.train_split == "train_aug" and cfg.paper["eval_seg/val/miou"]["value"] == 68.5
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm", "basic"])
+def test_hydra_launchers_compose(launcher):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()

@@ -132,7 +132,7 @@ def test_cls_aspp_starts_from_the_classifier_trunk(tiny_cfg):
     run_pipeline(cfg)
     cls = load_classifier(checkpoint_path(artifacts.locate(cfg, "train_cls").path))
     model = build_model(cfg, 13)
-    for (name, a), b in zip(cls.backbone.state_dict().items(), model.net.backbone.state_dict().values()):
+    for (name, a), b in zip(cls.backbone.state_dict().items(), model.net.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert "train_cls" in artifacts.identity(cfg, "train_seg")["inputs"]  # a new classifier → a new model
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from wsss import artifacts
+from wsss import artifacts, tracking
 from wsss.errors import UserError
 from wsss.io import read_json, write_json
 from wsss.stages import STAGES
@@ -67,23 +67,18 @@ def run_pipeline(cfg: DictConfig) -> dict:
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
     rank0 = artifacts.global_rank() == 0  # with DDP every rank walks the pipeline; rank 0 reports
-    for name in stages:
-        module = STAGES[name]
-        if not getattr(module, "needed", lambda _: True)(cfg):
-            log.info("stage %s: not needed for cam=%s, skipped", name, cfg.cam.method)
-            continue
-        log.info("stage %s", name)
-        # every stage starts from the same RNG state, so a stage computes the same output whether
-        # or not its upstream stages ran in this process or were reused from the store
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        start = time.time()
-        if module.STORED:
-            metrics.update(artifacts.produce(cfg, name, module.run, run_dir, getattr(module, "DISTRIBUTED", False)))
-        elif rank0:  # run-directory stages are single-process
-            metrics.update(module.run(cfg, run_dir / name))
-        metrics[f"time/{name}"] = round(time.time() - start, 2)
+    if rank0:
+        tracking.start(cfg)
+    failed = True
+    try:
+        for name in stages:
+            metrics.update(_run_stage(cfg, name, run_dir, rank0))
+            if rank0:
+                write_json(metrics_file, metrics)
+        failed = False
+    finally:  # the W&B run is always finished; a failure marks it failed (and the job exits non-zero)
         if rank0:
-            write_json(metrics_file, metrics)
+            tracking.finish(failed)
     if rank0:
         print(summary_table(metrics))
         used = read_json(run_dir / "artifacts.json") if (run_dir / "artifacts.json").exists() else {}
@@ -92,6 +87,27 @@ def run_pipeline(cfg: DictConfig) -> dict:
             print(f"reused from {cfg.paths.artifacts_dir} (force=true recomputes): {', '.join(reused)}")
         print(f"run directory: {run_dir}")
     return metrics
+
+
+def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
+    module = STAGES[name]
+    if not getattr(module, "needed", lambda _: True)(cfg):
+        log.info("stage %s: not needed for cam=%s, skipped", name, cfg.cam.method)
+        return {}
+    log.info("stage %s", name)
+    # every stage starts from the same RNG state, so a stage computes the same output whether
+    # or not its upstream stages ran in this process or were reused from the store
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    start = time.time()
+    out = {}
+    if module.STORED:
+        out = artifacts.produce(cfg, name, module.run, run_dir, getattr(module, "DISTRIBUTED", False))
+    elif rank0:  # run-directory stages are single-process
+        out = module.run(cfg, run_dir / name)
+    out = {**out, f"time/{name}": round(time.time() - start, 2)}
+    if rank0:
+        tracking.log_stage(cfg, name, out)
+    return out
 
 
 def summary_table(metrics: dict) -> str:

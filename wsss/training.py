@@ -11,8 +11,12 @@ from omegaconf import OmegaConf
 
 def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
     """A Trainer from `cfg.trainer` (accelerator, devices, precision, …) plus stage-specific kwargs."""
+    from wsss import tracking
+
     logger = False
-    if cfg.logger.get("_target_"):
+    if tracking.enabled(cfg):  # the job's W&B run, shared by every stage
+        logger = tracking.lightning_logger(stage)
+    elif cfg.logger.get("_target_"):
         logger = instantiate(cfg.logger, name=stage)
     kwargs.setdefault("enable_checkpointing", False)
     return instantiate(cfg.trainer, default_root_dir=str(out_dir), logger=logger, **kwargs)

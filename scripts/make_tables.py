@@ -1,0 +1,159 @@
+"""Benchmark tables from the `metrics.json` of runs and sweeps (contract.md; local files only).
+
+    python scripts/make_tables.py DIR... [--format md|csv|latex] [--per-class eval_cam/train]
+
+Every run directory below the given ones (a directory holding `metrics.json`) is one run. Runs
+with the same settings (their Hydra overrides, minus `seed` and paths) form one row, labelled by the
+overrides that set it apart (those all rows share are printed above the table): the mean ±
+sample standard deviation over seeds of each headline metric, the number of runs, the paper's
+figure where the experiment preset records one (`paper:` block; "?" marks unconfirmed ones), and
+protocol columns (split, τ source, CRF, scales/flip, backbone, initialisation).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+HEADLINE = ["eval_cam/{split}/miou", "eval_cam/{split}/miou_best", "make_pseudo/{split}/miou",
+            "eval_seg/{split}/miou"]
+NOT_A_SETTING = ("seed=", "stages=", "paths.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                 "hydra.", "dataset.root=", "dataset.sbd_root=", "force=", "num_workers=", "refine.workers=",
+                 "logger=", "eval_cam.num_overlays=")
+
+
+def find_runs(dirs) -> list[Path]:
+    runs = []
+    for d in dirs:
+        d = Path(d)
+        if not d.exists():
+            sys.exit(f"make_tables: {d} does not exist")
+        runs += sorted(p.parent for p in d.rglob("metrics.json"))
+    if not runs:
+        sys.exit(f"make_tables: no metrics.json under {', '.join(map(str, dirs))}; pass run or sweep directories")
+    return runs
+
+
+def load_run(run: Path) -> dict:
+    hydra = run / ".hydra"
+    overrides = yaml.safe_load((hydra / "overrides.yaml").read_text()) if (hydra / "overrides.yaml").exists() else []
+    config = yaml.safe_load((hydra / "config.yaml").read_text()) if (hydra / "config.yaml").exists() else {}
+    setting = tuple(sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_A_SETTING)))
+    return {"dir": run, "metrics": json.loads((run / "metrics.json").read_text()), "setting": setting,
+            "paper": (config or {}).get("paper") or {}}
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def fmt(m: float, s: float | None) -> str:
+    return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
+
+
+def protocol(metrics: dict) -> dict:
+    g = metrics.get
+    source = g("protocol/make_pseudo/threshold_source") or "fixed"
+    return {"method": g("protocol/cam/method", "?"), "split": g("protocol/eval_cam/split", "?"),
+            "τ source": "GT-swept" if source == "swept" else "stated",
+            "CRF": g("protocol/make_pseudo/refine", "—"), "scales+flip": g("protocol/cam/scales", "?"),
+            "backbone": g("protocol/backbone", "?"), "init": g("protocol/init", "?")}
+
+
+def group_runs(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
+    """Runs grouped by setting, each labelled by what sets it apart; and the overrides all share."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["setting"], []).append(r)
+    common = set.intersection(*(set(k) for k in groups)) if len(groups) > 1 else set()
+    labelled = {", ".join(o for o in k if o not in common) or "(defaults)": v for k, v in groups.items()}
+    return labelled, sorted(common)
+
+
+def build_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    groups, _ = group_runs(runs)
+    split = next((r["metrics"]["protocol/eval_cam/split"] for r in runs if "protocol/eval_cam/split" in r["metrics"]),
+                 "train")
+    keys = [k.format(split=split) for k in HEADLINE]
+    keys += [k.replace(f"/{split}/", "/val/") for k in keys if k.startswith("eval_seg")]
+    keys = [k for k in dict.fromkeys(keys) if any(k in r["metrics"] for r in runs)]
+    header = ["setting", "n"] + keys + ["paper"] + list(protocol({}).keys())
+    rows = []
+    for label, members in groups.items():
+        cells = [label, str(len(members))]
+        for k in keys:
+            values = [r["metrics"][k] for r in members if k in r["metrics"]]
+            cells.append(fmt(*mean_std(values)) if values else "—")
+        cells.append(_paper(members[0]["paper"], keys))
+        cells += list(protocol(members[0]["metrics"]).values())
+        rows.append(cells)
+    return header, rows
+
+
+def _paper(paper: dict, keys: list[str]) -> str:
+    out = []
+    for k in keys:
+        entry = paper.get(k)
+        if isinstance(entry, dict) and "value" in entry:
+            out.append(f"{entry['value']}{'' if entry.get('confirmed') else '?'}")
+    return ", ".join(out) or "—"
+
+
+def per_class_rows(runs: list[dict], prefix: str) -> tuple[list[str], list[list[str]]]:
+    names = sorted({k.split("/iou/")[1] for r in runs for k in r["metrics"] if k.startswith(f"{prefix}/iou/")})
+    if not names:
+        sys.exit(f"make_tables: no per-class IoU under {prefix}/iou/ in these runs")
+    groups, _ = group_runs(runs)
+    rows = []
+    for label, members in groups.items():
+        row = [label]
+        for n in names:
+            values = [r["metrics"][f"{prefix}/iou/{n}"] for r in members if f"{prefix}/iou/{n}" in r["metrics"]]
+            row.append(f"{mean_std(values)[0]:.1f}" if values else "—")
+        rows.append(row)
+    return ["setting"] + names, rows
+
+
+def render(header: list[str], rows: list[list[str]], kind: str) -> str:
+    if kind == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *rows])
+        return buf.getvalue()
+    if kind == "latex":
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("τ", r"$\tau$")  # noqa: E731
+        lines = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(map(esc, header)) + r" \\",
+                 r"\midrule", *[" & ".join(map(esc, r)) + r" \\" for r in rows], r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively for metrics.json)")
+    ap.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    ap.add_argument("--per-class", metavar="STAGE/SPLIT", help="also a per-class IoU table, e.g. eval_cam/train")
+    args = ap.parse_args(argv)
+    runs = [load_run(r) for r in find_runs(args.dirs)]
+    common = group_runs(runs)[1]
+    if common and args.format != "csv":
+        note = "common settings: " + ", ".join(common)
+        print(f"% {note}" if args.format == "latex" else f"{note}\n")
+    print(render(*build_rows(runs), args.format), end="")
+    if args.per_class:
+        print()
+        print(render(*per_class_rows(runs, args.per_class), args.format), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""scripts/make_tables.py on hand-made run directories, and on a real seed × method sweep."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_tables  # noqa: E402
+
+
+def fake_run(d: Path, overrides: list[str], metrics: dict, paper: dict | None = None) -> None:
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"paper": paper} if paper else {}))
+    (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_rows_group_seeds_with_mean_and_sample_std(tmp_path, capsys):
+    tags = {"protocol/eval_cam/split": "train", "protocol/backbone": "resnet50", "protocol/init": "imagenet"}
+    paper = {"eval_cam/train/miou": {"value": 48.3, "confirmed": False}}
+    fake_run(tmp_path / "0", ["cam=cam", "seed=0"], {"eval_cam/train/miou": 49.0, **tags}, paper)
+    fake_run(tmp_path / "1", ["cam=cam", "seed=1"], {"eval_cam/train/miou": 51.0, **tags}, paper)
+    fake_run(tmp_path / "2", ["cam=recam", "seed=0", "stages=[eval_cam]"], {"eval_cam/train/miou": 55.0, **tags})
+    make_tables.main([str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    cam = next(line for line in out if line.startswith("| cam=cam |"))
+    recam = next(line for line in out if line.startswith("| cam=recam |"))
+    assert "| 2 | 50.0 ± 1.4 |" in cam and "48.3?" in cam and "resnet50" in cam  # std with n − 1
+    assert "| 1 | 55.0 |" in recam
+    make_tables.main([str(tmp_path), "--format", "csv"])
+    assert capsys.readouterr().out.splitlines()[0].startswith("setting,n,eval_cam/train/miou")
+    make_tables.main([str(tmp_path), "--format", "latex"])
+    assert r"50.0 $\pm$ 1.4" in capsys.readouterr().out
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        make_tables.main([str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_seed_by_method_sweep_gives_a_cam_and_a_recam_row(tmp_path):
+    cmd = [sys.executable, "-m", "wsss", "-m", "seed=0,1", "cam=cam,recam",
+           "stages=[train_cls,train_recam,make_cam,eval_cam]", "++cam.train.epochs=1", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "multirun").iterdir())
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(sweep)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| cam=")]
+    assert [r.split(" | ")[0] for r in rows] == ["| cam=cam", "| cam=recam"]
+    assert all(" | 2 | " in r and "±" in r for r in rows)
