@@ -70,13 +70,17 @@ def test_offline_sweep_leaves_two_finished_runs_in_one_group(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_job_marks_its_run_failed(tmp_path):
+def test_failed_job_marks_its_run_failed_and_the_key_is_nowhere(tmp_path):
+    key = "0123456789abcdef" * 2 + "feedbeef"  # a fake 40-character API key
     cmd = [sys.executable, "-m", "wsss", "logger=wandb", "stages=[make_cam]", *TINY]  # no classifier: fails
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+                         env={**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                              "WANDB_API_KEY": key})
     assert res.returncode != 0
     run = next((tmp_path / "outputs" / "runs").glob("*/wandb/offline-run-*/run-*.wandb"))
     assert summarise(run)["exit"] == 1
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not leaked and key not in res.stdout + res.stderr
 
 
 def test_mode_is_offline_without_an_api_key(monkeypatch, tmp_path):

@@ -23,6 +23,41 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
 
 
 CHECKPOINT = "model.ckpt"
+RESUME = "resume"  # a training stage's in-progress checkpoints, inside its (not yet sealed) artifact
+
+
+def resumable(cfg, out_dir: Path) -> tuple[list, str | None]:
+    """Callbacks that keep `out_dir/resume/last.ckpt` current (every `resume_every_n_steps` steps
+    and every epoch), and the checkpoint to resume from when an earlier attempt was killed.
+
+    An unreadable last.ckpt (killed while writing) is dropped with a warning: training restarts.
+    """
+    import logging
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resume_dir = Path(out_dir) / RESUME
+    last = resume_dir / "last.ckpt"
+    start_from = None
+    if last.exists():
+        try:
+            torch.load(last, map_location="cpu", weights_only=False)  # our own file, written by Lightning
+            start_from = str(last)
+            logging.getLogger("wsss").info("resuming from %s", last)
+        except Exception as e:  # noqa: BLE001 - any failure means: not a usable checkpoint
+            logging.getLogger("wsss").warning("ignoring unreadable %s (%s); training starts over", last, e)
+            last.unlink()
+    keep = ModelCheckpoint(dirpath=resume_dir, save_last=True, save_top_k=0,
+                           every_n_train_steps=int(cfg.resume_every_n_steps), save_on_train_epoch_end=True)
+    return [keep], start_from
+
+
+def drop_resume_state(out_dir: Path) -> None:
+    """After the final model is written, the in-progress checkpoints are no longer needed."""
+    import shutil
+
+    shutil.rmtree(Path(out_dir) / RESUME, ignore_errors=True)
 
 
 def checkpoint_path(art_path: Path) -> Path:

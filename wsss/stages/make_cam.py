@@ -7,6 +7,7 @@ Runs through Lightning's predict loop, so it shards across devices with trainer=
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -61,10 +62,35 @@ def seed_ids(cfg, layout) -> list[str]:
     return list(dict.fromkeys(i for split in cfg.cam.splits for i in layout.ids(split)))
 
 
+def estimated_bytes(layout, ids) -> int:
+    """Upper bound of the seed files' size: float16 high-res + strided maps per present class
+    (sizes from the image headers, no decoding; compression only makes the files smaller)."""
+    from PIL import Image
+
+    total = 0
+    for i in ids:
+        with Image.open(layout.image_path(i)) as img:
+            w, h = img.size
+        k = int(layout.labels(i).sum())
+        total += 2 * k * (h * w + -(-h // 4) * -(-w // 4)) + 512
+    return total
+
+
+def check_disk_space(layout, ids, out_dir: Path) -> None:
+    """Refuse to start when the seeds cannot fit: better now than after hours of inference."""
+    if not ids:
+        return
+    need, free = estimated_bytes(layout, ids), shutil.disk_usage(out_dir).free
+    if need > free:
+        raise UserError(f"make_cam needs up to {need / 2**30:.2f} GiB for {len(ids)} seed files in {out_dir} but "
+                        f"only {free / 2**30:.2f} GiB are free; free space or set paths.artifacts_dir elsewhere")
+
+
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     ids = seed_ids(cfg, layout)
     todo = missing_ids(out_dir, ids)
+    check_disk_space(layout, todo, out_dir)
     if todo:
         predictor = CAMPredictor(*load_maps_model(cfg))
         loader = DataLoader(MultiScaleDataset(layout, todo, cfg.cam.scales), batch_size=1,

@@ -12,7 +12,7 @@ from wsss.data import dataset_identity, open_dataset
 from wsss.data.datasets import ClassificationDataModule
 from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
-from wsss.training import build_trainer, logged, plain, save_checkpoint
+from wsss.training import build_trainer, drop_resume_state, logged, plain, resumable, save_checkpoint
 
 VERSION = 2  # 2: frozen BN statistics really frozen under Lightning
 STORED = True
@@ -38,9 +38,12 @@ def run(cfg, out_dir: Path) -> dict:
         poly_power=c.poly_power, optimizer=c.optimizer, freeze_bn_stats=c.freeze_bn_stats, freeze_stem=c.freeze_stem,
         detach_after_layer2=c.detach_after_layer2)
     data = classification_data(cfg, layout)
-    trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs)
-    trainer.fit(model, data)
+    callbacks, resume_from = resumable(cfg, out_dir)
+    trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs,
+                            callbacks=callbacks, enable_checkpointing=True)
+    trainer.fit(model, data, ckpt_path=resume_from)
     save_checkpoint(trainer, out_dir)
+    drop_resume_state(out_dir)
     return {**logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
             "train_cls/train/images": len(data.train_ids)}
 

@@ -15,7 +15,7 @@ from wsss.data import open_dataset
 from wsss.models.classifier import load_classifier
 from wsss.models.recam import ReCAMModule
 from wsss.stages import train_cls
-from wsss.training import build_trainer, checkpoint_path, logged, plain, save_checkpoint
+from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
 
 VERSION = 1
 STORED = True
@@ -38,9 +38,12 @@ def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     base = load_classifier(checkpoint_path(artifacts.require(cfg, "train_cls", "train_recam").path))
     model = from_classifier(base, cfg.cam.train)
-    trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs)
-    trainer.fit(model, train_cls.classification_data(cfg, layout))
+    callbacks, resume_from = resumable(cfg, out_dir)
+    trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
+                            callbacks=callbacks, enable_checkpointing=True)
+    trainer.fit(model, train_cls.classification_data(cfg, layout), ckpt_path=resume_from)
     save_checkpoint(trainer, out_dir)
+    drop_resume_state(out_dir)
     return logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
                             "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
 

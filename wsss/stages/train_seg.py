@@ -17,7 +17,7 @@ from wsss.errors import UserError
 from wsss.models.classifier import load_classifier
 from wsss.models.segmenter import SegmentationModule
 from wsss.stages.make_pseudo import label_file
-from wsss.training import build_trainer, checkpoint_path, logged, plain, save_checkpoint
+from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
 
 VERSION = 1
 STORED = True
@@ -61,12 +61,15 @@ def run(cfg, out_dir: Path) -> dict:
                         f"seg.batch_size={s.batch_size}")
     model = build_model(cfg, layout.num_classes + 1)
     workers = cfg.num_workers
+    callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_seg", max_steps=s.max_steps, max_epochs=-1,
-                            accumulate_grad_batches=s.accumulate, check_val_every_n_epoch=s.val_every_n_epochs)
+                            accumulate_grad_batches=s.accumulate, check_val_every_n_epoch=s.val_every_n_epochs,
+                            callbacks=callbacks, enable_checkpointing=True)
     trainer.fit(model,
                 DataLoader(train, s.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                            persistent_workers=workers > 0),
-                DataLoader(val, 1, num_workers=workers, persistent_workers=workers > 0))
+                DataLoader(val, 1, num_workers=workers, persistent_workers=workers > 0), ckpt_path=resume_from)
     save_checkpoint(trainer, out_dir)
+    drop_resume_state(out_dir)
     return {**logged(trainer, ["train_seg/train/loss_epoch", "train_seg/val/miou"]),
             "train_seg/train/images": len(train), "train_seg/steps": int(trainer.global_step)}
