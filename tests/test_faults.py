@@ -158,3 +158,16 @@ def test_too_little_disk_space_for_seeds_fails_before_writing(tiny_cfg, monkeypa
         run_pipeline(cfg)
     seeds = artifacts.locate(cfg, "make_cam").path
     assert not list(seeds.glob("*.npz")) and not (seeds / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_names_a_truncated_image_read_in_a_loader_worker(tiny_cfg, tmp_path):
+    """A worker process re-raises the error with its traceback; the user still gets one line."""
+    voc = open_dataset(tiny_cfg())
+    path = voc.image_path(voc.ids("train_aug")[3])
+    path.write_bytes(path.read_bytes()[:200])
+    res = subprocess.run([sys.executable, "-m", "wsss", f"paths.root={tmp_path}", *TINY, "num_workers=1",
+                          "stages=[train_cls]"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if line.startswith("wsss: error:")]
+    assert len(errors) == 1 and f"image {path} is unreadable" in errors[0] and "Traceback" not in res.stderr

@@ -27,13 +27,22 @@ def short_dirname(overrides: str, limit: int = 96) -> str:
 OmegaConf.register_new_resolver("wsss.dirname", short_dirname, replace=True)
 
 
+def one_line(error: Exception) -> str:
+    """The message of a user error, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(error).strip()
+    if "Traceback (most recent call last)" in text:  # "Caught X in DataLoader worker ...": keep the cause
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+    return text
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         run_pipeline(cfg)
     except UserError as e:  # the user's to fix: one line, not a traceback
-        logging.getLogger("wsss").error("%s", e)
-        print(f"wsss: error: {e}", file=sys.stderr)
+        logging.getLogger("wsss").error("%s", one_line(e))
+        print(f"wsss: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 
