@@ -52,10 +52,15 @@ def test_stage_selection_orders_and_rejects_unknown():
 
 
 @pytest.mark.parametrize("override,match", [("cam.threshold=1.5", "threshold"), ("cam.scales=[1.0,-0.5]", "scales"),
-                                            ("eval_cam.sweep.step=0", "sweep")])
+                                            ("eval_cam.sweep.step=0", "sweep"),
+                                            ("pseudo.splits=[val]", "must be among cam.splits"),
+                                            ("seg.train_split=train_aug", "has no pseudo-labels"),
+                                            ("seg.eval.scales=[0.0]", "seg.eval.scales"),
+                                            ("refine=crf refine.fg_threshold=1.5", "fg_threshold"),
+                                            ("pseudo.threshold_source=best", "threshold_source")])
 def test_out_of_range_values_are_refused(tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
-        validate(compose_cfg(tmp_path, override))
+        validate(compose_cfg(tmp_path, *override.split()))
 
 
 def test_sweep_dirnames_are_bounded_and_flat():
