@@ -25,7 +25,11 @@ HEADLINE = ["eval_cam/{split}/miou", "eval_cam/{split}/miou_best", "make_pseudo/
             "eval_seg/{split}/miou"]
 NOT_A_SETTING = ("seed=", "stages=", "paths.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                  "hydra.", "dataset.root=", "dataset.sbd_root=", "force=", "num_workers=", "refine.workers=",
-                 "logger=", "eval_cam.num_overlays=")
+                 "logger", "eval_cam.num_overlays=", "pseudo.num_overlays=", "hydra/", "resume_every_n_steps=")
+
+
+LATEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "{": r"\{", "}": r"\}",
+         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "$": r"\$", "±": r"$\pm$", "τ": r"$\tau$"}
 
 
 def find_runs(dirs) -> list[Path]:
@@ -34,7 +38,8 @@ def find_runs(dirs) -> list[Path]:
         d = Path(d)
         if not d.exists():
             sys.exit(f"make_tables: {d} does not exist")
-        runs += sorted(p.parent for p in d.rglob("metrics.json"))
+        runs += sorted(p.parent.resolve() for p in d.rglob("metrics.json"))
+    runs = list(dict.fromkeys(runs))  # overlapping arguments: each run once
     if not runs:
         sys.exit(f"make_tables: no metrics.json under {', '.join(map(str, dirs))}; pass run or sweep directories")
     return runs
@@ -104,7 +109,7 @@ def _paper(paper: dict, keys: list[str]) -> str:
     for k in keys:
         entry = paper.get(k)
         if isinstance(entry, dict) and "value" in entry:
-            out.append(f"{entry['value']}{'' if entry.get('confirmed') else '?'}")
+            out.append(f"{k.split('/')[0]} {entry['value']}{'' if entry.get('confirmed') else '?'}")
     return ", ".join(out) or "—"
 
 
@@ -129,12 +134,13 @@ def render(header: list[str], rows: list[list[str]], kind: str) -> str:
         csv.writer(buf).writerows([header, *rows])
         return buf.getvalue()
     if kind == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("τ", r"$\tau$")  # noqa: E731
+        esc = lambda s: "".join(LATEX.get(c, c) for c in s)  # noqa: E731
         lines = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(map(esc, header)) + r" \\",
                  r"\midrule", *[" & ".join(map(esc, r)) + r" \\" for r in rows], r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
+    cell = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows]) + "\n"
 
 
 def main(argv=None) -> int:

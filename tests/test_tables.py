@@ -39,9 +39,11 @@ def test_rows_group_seeds_with_mean_and_sample_std(tmp_path, capsys):
     assert r"50.0 $\pm$ 1.4" in capsys.readouterr().out
 
 
-def test_missing_directory_is_a_clear_error(tmp_path):
+def test_empty_or_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no metrics.json"):
         make_tables.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="does not exist"):
+        make_tables.main([str(tmp_path / "nope")])
 
 
 @pytest.mark.slow

@@ -101,15 +101,17 @@ def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -
     """
     art = locate(cfg, stage)
     if global_rank() > 0:
-        if distributed and not (art.complete and not cfg.force):
+        barrier()  # rank 0 has taken the lock and decided (and, with force, cleared the output)
+        if distributed and not art.complete:
             run_fn(cfg, art.path)
         barrier()  # rank 0 has sealed the output
         return read_json(art.manifest)["metrics"]
     art.path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(art.path) + ".lock"):
-        if art.complete and cfg.force:
+        if cfg.force and art.path.exists():  # complete or not: recompute from scratch
             shutil.rmtree(art.path)
         reused = art.complete
+        barrier()
         if not reused:
             art.path.mkdir(parents=True, exist_ok=True)
             start = time.time()

@@ -67,10 +67,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
     rank0 = artifacts.global_rank() == 0  # with DDP every rank walks the pipeline; rank 0 reports
-    if rank0:
-        tracking.start(cfg)
     failed = True
     try:
+        if rank0:
+            tracking.start(cfg)
         for name in stages:
             metrics.update(_run_stage(cfg, name, run_dir, rank0))
             if rank0:

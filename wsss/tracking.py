@@ -86,16 +86,29 @@ def finish(failed: bool) -> None:
 
 
 def lightning_logger(stage: str):
+    """Lightning's WandbLogger on the job's run. Module hyperparameters are not written into the run
+    config (each stage would overwrite the previous one's `lr`, ...): the full config is there."""
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(experiment=_RUN, prefix="")
+    class StageLogger(WandbLogger):
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            pass
+
+    return StageLogger(experiment=_RUN, prefix="")
 
 
 def log_stage(cfg, stage: str, metrics: dict) -> None:
     """A finished stage: numbers to history + summary, strings (protocol tags) to summary, per-class
-    IoU as a table, and pictures (capped by logger.max_images)."""
+    IoU as a table, and pictures (capped by logger.max_images). Tracking never fails the job."""
     if _RUN is None:
         return
+    try:
+        _log_stage(cfg, stage, metrics)
+    except Exception as e:  # noqa: BLE001 - the stage's results are on disk; W&B is a copy
+        log.warning("W&B: could not log stage %s (%s)", stage, e)
+
+
+def _log_stage(cfg, stage: str, metrics: dict) -> None:
     import wandb
 
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

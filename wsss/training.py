@@ -26,19 +26,47 @@ CHECKPOINT = "model.ckpt"
 RESUME = "resume"  # a training stage's in-progress checkpoints, inside its (not yet sealed) artifact
 
 
-def resumable(cfg, out_dir: Path) -> tuple[list, str | None]:
-    """Callbacks that keep `out_dir/resume/last.ckpt` current (every `resume_every_n_steps` steps
-    and every epoch), and the checkpoint to resume from when an earlier attempt was killed.
+class ResumeCheckpoint(L.Callback):
+    """Keeps `resume/last.ckpt` current: every `every_n_steps` optimiser steps and at every epoch end,
+    written beside the target and renamed (atomic, like `save_checkpoint`), so a kill at any moment
+    leaves the previous good checkpoint in place. (Lightning's ModelCheckpoint with save_top_k=0
+    skips the epoch-end save and writes through $TMPDIR.)"""
 
-    An unreadable last.ckpt (killed while writing) is dropped with a warning: training restarts.
+    def __init__(self, path: Path, every_n_steps: int):
+        self.path, self.every = Path(path), max(1, int(every_n_steps))
+
+    def _save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)  # collective; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step and trainer.global_step % self.every == 0 and trainer.global_step != self._last:
+            self._last = trainer.global_step
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._last = trainer.global_step
+        self._save(trainer)
+
+    _last = -1
+
+
+def resumable(cfg, out_dir: Path) -> tuple[list, str | None]:
+    """The callback that keeps `out_dir/resume/last.ckpt` current (every `resume_every_n_steps`
+    steps and every epoch), and the checkpoint to resume from when an earlier attempt was killed.
+
+    An unreadable last.ckpt is dropped (by rank 0) with a warning: training restarts.
     """
     import logging
 
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    resume_dir = Path(out_dir) / RESUME
-    last = resume_dir / "last.ckpt"
+    from wsss.artifacts import global_rank
+
+    last = Path(out_dir) / RESUME / "last.ckpt"
     start_from = None
     if last.exists():
         try:
@@ -47,10 +75,9 @@ def resumable(cfg, out_dir: Path) -> tuple[list, str | None]:
             logging.getLogger("wsss").info("resuming from %s", last)
         except Exception as e:  # noqa: BLE001 - any failure means: not a usable checkpoint
             logging.getLogger("wsss").warning("ignoring unreadable %s (%s); training starts over", last, e)
-            last.unlink()
-    keep = ModelCheckpoint(dirpath=resume_dir, save_last=True, save_top_k=0,
-                           every_n_train_steps=int(cfg.resume_every_n_steps), save_on_train_epoch_end=True)
-    return [keep], start_from
+            if global_rank() == 0:
+                last.unlink(missing_ok=True)
+    return [ResumeCheckpoint(last, cfg.resume_every_n_steps)], start_from
 
 
 def drop_resume_state(out_dir: Path) -> None:

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def identity(cfg) -> dict:
-    return {"dataset": dataset_identity(cfg), "cls": plain(cfg.cls), "seed": cfg.seed,
+    return {"dataset": dataset_identity(cfg), "splits": plain(cfg.dataset.splits), "cls": plain(cfg.cls),
+            "seed": cfg.seed,
             "precision": str(cfg.trainer.precision)}
 
 
@@ -40,7 +41,7 @@ def run(cfg, out_dir: Path) -> dict:
     data = classification_data(cfg, layout)
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs,
-                            callbacks=callbacks, enable_checkpointing=True)
+                            callbacks=callbacks)
     trainer.fit(model, data, ckpt_path=resume_from)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)

@@ -40,7 +40,7 @@ def run(cfg, out_dir: Path) -> dict:
     model = from_classifier(base, cfg.cam.train)
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
-                            callbacks=callbacks, enable_checkpointing=True)
+                            callbacks=callbacks)
     trainer.fit(model, train_cls.classification_data(cfg, layout), ckpt_path=resume_from)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)

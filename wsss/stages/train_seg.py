@@ -64,7 +64,7 @@ def run(cfg, out_dir: Path) -> dict:
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_seg", max_steps=s.max_steps, max_epochs=-1,
                             accumulate_grad_batches=s.accumulate, check_val_every_n_epoch=s.val_every_n_epochs,
-                            callbacks=callbacks, enable_checkpointing=True)
+                            callbacks=callbacks)
     trainer.fit(model,
                 DataLoader(train, s.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                            persistent_workers=workers > 0),
