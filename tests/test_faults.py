@@ -77,9 +77,9 @@ def test_sigkill_during_training_then_rerun_resumes_from_the_last_checkpoint(tin
     art = artifacts.locate(cfg, "train_cls").path
     proc = start(tmp_path, *overrides)
     kill_when(proc, lambda: (art / RESUME / "last.ckpt").exists() and
-              torch.load(art / RESUME / "last.ckpt", weights_only=False)["global_step"] >= 8)
+              torch.load(art / RESUME / "last.ckpt", weights_only=True)["global_step"] >= 8)
     assert not (art / "manifest.json").exists() and not checkpoint_path(art).exists()
-    done = torch.load(art / RESUME / "last.ckpt", weights_only=False)["global_step"]
+    done = torch.load(art / RESUME / "last.ckpt", weights_only=True)["global_step"]
     res = subprocess.run([sys.executable, "-m", "wsss", f"paths.root={tmp_path}", *TINY, *overrides],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

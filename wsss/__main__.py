@@ -41,8 +41,9 @@ def main(cfg: DictConfig) -> None:
     try:
         run_pipeline(cfg)
     except UserError as e:  # the user's to fix: one line, not a traceback
-        logging.getLogger("wsss").error("%s", one_line(e))
-        print(f"wsss: error: {one_line(e)}", file=sys.stderr)
+        message = one_line(e)
+        logging.getLogger("wsss").error("%s", message)
+        print(f"wsss: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsss.errors import UserError
-from wsss.metrics import IGNORE, threshold_cams
+from wsss.metrics import IGNORE, label_lut, threshold_cams
 
 
 def _densecrf():
@@ -73,7 +73,7 @@ def combine_fg_bg(fg_conf: np.ndarray, bg_conf: np.ndarray) -> np.ndarray:
 def ir_label(image: np.ndarray, maps: np.ndarray, keys: np.ndarray, fg_threshold: float,
              bg_threshold: float, p) -> np.ndarray:
     """IR-label style pseudo-label (§6.1): two label-unary CRF passes, 255 where they disagree."""
-    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
+    lut = label_lut(keys).astype(np.uint8)
     n = len(keys) + 1
     local = np.arange(len(keys))  # CRF over local labels 0..K, mapped back to classes by lut
     fg_conf = lut[crf_from_labels(image, threshold_cams(maps, local, fg_threshold), n, p)]
@@ -83,7 +83,7 @@ def ir_label(image: np.ndarray, maps: np.ndarray, keys: np.ndarray, fg_threshold
 
 def softmax_label(image: np.ndarray, maps: np.ndarray, keys: np.ndarray, alpha: float, p) -> np.ndarray:
     """PSA-style pseudo-label (§6.2): scores [(1 − max)^α, maps...] through the CRF, argmax."""
-    lut = np.concatenate([[0], np.asarray(keys, np.int64) + 1]).astype(np.uint8)
+    lut = label_lut(keys).astype(np.uint8)
     if len(keys) == 0:
         return np.zeros(image.shape[:2], np.uint8)
     maps = maps.astype(np.float32)

@@ -45,6 +45,11 @@ def scores(conf: np.ndarray) -> dict[str, np.ndarray | float]:
             "fp": float(np.nanmean(fp)), "fn": float(np.nanmean(fn))}
 
 
+def label_lut(keys) -> np.ndarray:
+    """Map from local index (0 = background, i = keys[i-1]'s map) to label value (0, keys + 1)."""
+    return np.concatenate([[0], np.asarray(keys, np.int64) + 1])
+
+
 def threshold_cams(high_res: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
     """Seed label map by constant-threshold background padding (algorithms.md §4.2).
 
@@ -53,8 +58,7 @@ def threshold_cams(high_res: np.ndarray, keys: np.ndarray, threshold: float) -> 
     """
     scored = np.concatenate([np.full((1,) + high_res.shape[1:], threshold, np.float32),
                              high_res.astype(np.float32)])
-    lut = np.concatenate([[0], np.asarray(keys) + 1])
-    return lut[np.argmax(scored, axis=0)]
+    return label_lut(keys)[np.argmax(scored, axis=0)]
 
 
 class ThresholdSweep:

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsss import crf
+from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, save_label_png
 from wsss.metrics import threshold_cams
 
@@ -36,8 +37,6 @@ def make_one(task: Task, refine, tau: float, fg: float, bg: float) -> str:
     seed = load_seed(task.seed)
     image = load_rgb(task.image)
     if image.shape[:2] != seed["high_res"].shape[1:]:
-        from wsss.errors import UserError
-
         raise UserError(f"image {task.image} is {image.shape[:2]} but its seed {task.seed} is "
                         f"{seed['high_res'].shape[1:]}; the seeds were made from other images: re-run make_cam")
     save_label_png(task.out, pseudo_label(image, seed, refine, tau, fg, bg))

@@ -36,11 +36,8 @@ class ResumeCheckpoint(L.Callback):
         self.path, self.every = Path(path), max(1, int(every_n_steps))
 
     def _save(self, trainer: L.Trainer) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # collective; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(trainer, self.path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step and trainer.global_step % self.every == 0 and trainer.global_step != self._last:
@@ -70,7 +67,7 @@ def resumable(cfg, out_dir: Path) -> tuple[list, str | None]:
     start_from = None
     if last.exists():
         try:
-            torch.load(last, map_location="cpu", weights_only=False)  # our own file, written by Lightning
+            torch.load(last, map_location="cpu", weights_only=True)  # no unpickling, as fit() loads it
             start_from = str(last)
             logging.getLogger("wsss").info("resuming from %s", last)
         except Exception as e:  # noqa: BLE001 - any failure means: not a usable checkpoint
@@ -94,10 +91,16 @@ def checkpoint_path(art_path: Path) -> Path:
 
 def save_checkpoint(trainer: L.Trainer, out_dir: Path) -> None:
     """Atomically write `out_dir/model.ckpt`. Collective: every rank calls it, rank 0 writes."""
-    tmp = Path(out_dir) / f".{CHECKPOINT}.tmp"
+    save_atomically(trainer, checkpoint_path(out_dir))
+
+
+def save_atomically(trainer: L.Trainer, path: Path) -> None:
+    """`trainer.save_checkpoint` beside `path`, then a rename: a reader never sees half a file.
+    Collective: every rank calls it, rank 0 writes."""
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     trainer.save_checkpoint(tmp)
     if trainer.is_global_zero:
-        os.replace(tmp, checkpoint_path(out_dir))  # a reader never sees half a checkpoint
+        os.replace(tmp, path)
 
 
 def logged(trainer: L.Trainer, keys) -> dict[str, float]:

@@ -12,6 +12,12 @@ from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb
 
 
+def item_rng() -> np.random.Generator:
+    """A generator for one item's augmentation. torch seeds the main process and every worker
+    from the global seed, so drawing the seed from torch makes this reproducible."""
+    return np.random.default_rng(torch.randint(0, 2**31, (1,)).item())
+
+
 class ClassificationDataset(Dataset):
     """(image tensor, multi-hot label); random augmentation when `train`, else top-left padding."""
 
@@ -27,12 +33,8 @@ class ClassificationDataset(Dataset):
         image = load_rgb(self.layout.image_path(img_id))
         label = torch.from_numpy(self.layout.labels(img_id))
         if self.train:
-            return train_view(image, self.long_range, self.crop, self._rng()), label
+            return train_view(image, self.long_range, self.crop, item_rng()), label
         return to_chw(top_left_pad(normalize(image), self.crop)), label
-
-    def _rng(self) -> np.random.Generator:
-        # torch seeds the main process and every worker from the global seed, so this is reproducible
-        return np.random.default_rng(torch.randint(0, 2**31, (1,)).item())
 
 
 class SegmentationDataset(Dataset):
@@ -56,8 +58,7 @@ class SegmentationDataset(Dataset):
             raise UserError(f"label map {self.label_path(img_id)} is {label.shape} but image "
                             f"{self.layout.image_path(img_id)} is {image.shape[:2]}")
         if self.train:
-            rng = np.random.default_rng(torch.randint(0, 2**31, (1,)).item())
-            return seg_train_view(image, label, self.scales, self.crop, rng)
+            return seg_train_view(image, label, self.scales, self.crop, item_rng())
         return to_chw(normalize(image)), torch.from_numpy(label.astype(np.int64))
 
 

@@ -55,9 +55,14 @@ def best_threshold(cfg, layout, seeds: Path) -> tuple[float, float]:
     """(τ, mIoU %) of the sweep's best background threshold on eval_cam.split's ground truth."""
     sweep = ThresholdSweep(sweep_thresholds(cfg.eval_cam.sweep), layout.num_classes + 1)
     accumulate(layout, seeds, layout.ids(cfg.eval_cam.split), [sweep], desc="sweeping τ on GT")
-    curve = [100 * scores(c)["miou"] for c in sweep.confusions()]
-    best = int(np.nanargmax(curve))
+    curve, best = miou_curve(sweep)
     return float(sweep.thresholds[best]), float(curve[best])
+
+
+def miou_curve(sweep: ThresholdSweep) -> tuple[list[float], int]:
+    """mIoU (%) at every threshold of the sweep, and the index of the best one."""
+    curve = [100 * scores(c)["miou"] for c in sweep.confusions()]
+    return curve, int(np.nanargmax(curve))
 
 
 def run(cfg, out_dir: Path) -> dict:
@@ -72,8 +77,7 @@ def run(cfg, out_dir: Path) -> dict:
     fixed = ThresholdSweep([tau], n_labels)
     ids = layout.ids(split)
     accumulate(layout, seeds, ids, [sweep, fixed], desc=f"eval_cam {split}")
-    curve = [100 * scores(c)["miou"] for c in sweep.confusions()]
-    best = int(np.nanargmax(curve))
+    curve, best = miou_curve(sweep)
     at_tau = scores(fixed.confusions()[0])
     metrics = _metrics(f"eval_cam/{split}", at_tau, layout.class_names, tau, curve[best], sweep.thresholds[best])
     metrics.update(_protocol(cfg, split))

@@ -35,16 +35,14 @@ STORED = True
 def identity(cfg) -> dict:
     p, r = cfg.pseudo, cfg.refine
     refine = {k: v for k, v in OmegaConf.to_container(r, resolve=True).items() if k != "workers"}
-    ident = {"splits": list(p.splits), "eval_split": p.eval_split, "threshold_source": p.threshold_source,
-             "refine": refine}
-    if p.threshold_source == "fixed":
-        ident["threshold"] = float(cfg.cam.threshold)
-    else:  # the swept τ follows from the seeds (an input) and the sweep settings
-        ident["sweep"] = {"split": cfg.eval_cam.split, **OmegaConf.to_container(cfg.eval_cam.sweep)}
+    ident = {"splits": list(p.splits), "eval_split": p.eval_split, "refine": refine}
     if not uses_tau(r):  # the labels do not depend on τ: sweeping it must not recompute them
-        ident.pop("threshold", None)
-        ident.pop("sweep", None)
         ident["threshold_source"] = "unused"
+    elif p.threshold_source == "fixed":
+        ident.update(threshold_source="fixed", threshold=float(cfg.cam.threshold))
+    else:  # the swept τ follows from the seeds (an input) and the sweep settings
+        ident.update(threshold_source=p.threshold_source,
+                     sweep={"split": cfg.eval_cam.split, **OmegaConf.to_container(cfg.eval_cam.sweep)})
     return ident
 
 

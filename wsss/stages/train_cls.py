@@ -42,7 +42,8 @@ def run(cfg, out_dir: Path) -> dict:
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs,
                             callbacks=callbacks)
-    trainer.fit(model, data, ckpt_path=resume_from)
+    trainer.fit(model, data, ckpt_path=resume_from,
+                weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
     return {**logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),

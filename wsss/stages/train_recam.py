@@ -41,7 +41,8 @@ def run(cfg, out_dir: Path) -> dict:
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
                             callbacks=callbacks)
-    trainer.fit(model, train_cls.classification_data(cfg, layout), ckpt_path=resume_from)
+    trainer.fit(model, train_cls.classification_data(cfg, layout), ckpt_path=resume_from,
+                weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
     return logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",

@@ -68,7 +68,8 @@ def run(cfg, out_dir: Path) -> dict:
     trainer.fit(model,
                 DataLoader(train, s.batch_size, shuffle=True, drop_last=True, num_workers=workers,
                            persistent_workers=workers > 0),
-                DataLoader(val, 1, num_workers=workers, persistent_workers=workers > 0), ckpt_path=resume_from)
+                DataLoader(val, 1, num_workers=workers, persistent_workers=workers > 0), ckpt_path=resume_from,
+                weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
     return {**logged(trainer, ["train_seg/train/loss_epoch", "train_seg/val/miou"]),
