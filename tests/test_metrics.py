@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsss.metrics import ThresholdSweep, confusion, scores, threshold_cams
+from wsss.metrics import ThresholdSweep, confusion, pixel_errors, scores, threshold_cams
 
 
 def test_confusion_ignores_255_and_counts_pairs():
@@ -25,6 +25,16 @@ def test_miou_known_answer_includes_background_and_skips_absent():
     assert s["precision"][1] == pytest.approx(2 / 3) and s["recall"][1] == pytest.approx(1.0)
     assert s["fp"] == pytest.approx((0 / 3 + 1 / 3) / 2)
     assert s["fn"] == pytest.approx((1 / 3 + 0 / 3) / 2)
+
+
+def test_pixel_errors_split_wrong_pixels_by_kind():
+    gt = np.array([0, 0, 0, 1, 1, 2, 2, 2, 255, 0])
+    pred = np.array([0, 1, 2, 1, 0, 2, 1, 1, 0, 0])  # 10 pixels, 9 scored
+    e = pixel_errors(confusion(gt, pred, 3))
+    assert e["bg_as_fg"] == pytest.approx(100 * 2 / 9)    # gt 0 → 1, gt 0 → 2
+    assert e["fg_as_bg"] == pytest.approx(100 * 1 / 9)    # gt 1 → 0
+    assert e["confusion"] == pytest.approx(100 * 2 / 9)   # gt 2 → 1, twice
+    assert all(np.isnan(v) for v in pixel_errors(np.zeros((3, 3))).values())
 
 
 def test_confusion_rejects_out_of_range_predictions():

@@ -1,4 +1,5 @@
 import numpy as np
+from scipy import ndimage
 
 from wsss.data.synthetic import CLASS_NAMES, CONTEXTS, render
 from wsss.data.voc import VOCLayout
@@ -47,3 +48,23 @@ def test_tree_is_voc_layout(tiny_cfg):
         assert from_mask == set(np.nonzero(voc.labels(img_id))[0])  # XML labels agree with masks
     # the same config gives the same tree (cached, deterministic)
     assert open_dataset(cfg).root == voc.root
+
+
+def test_partners_can_touch_and_share_the_part_colour():
+    g = dict(GEN, objects_prob=[0.0, 1.0, 0.0], cooccur_prob=1.0, touch_prob=1.0, partner_same_part=True)
+    touching = 0
+    for i in range(20):
+        _, label, objects = render(np.random.default_rng([2, i]), g)
+        if len(objects) < 2:  # the partner hid its anchor completely
+            continue
+        (a, _), (b, _) = sorted(objects, key=lambda o: o[0])
+        assert {a // 2, b // 2} in ({k, (k + 1) % 6} for k in range(6)) and a % 2 == b % 2
+        near_a = ndimage.binary_dilation(label == a + 1, iterations=5)  # across the 255 band
+        touching += bool((near_a & (label == b + 1)).any())
+    assert touching >= 15
+
+
+def test_default_generator_draws_are_unchanged_by_the_partner_options():
+    a = render(np.random.default_rng([0, 7]), GEN)
+    b = render(np.random.default_rng([0, 7]), dict(GEN, touch_prob=0.0, partner_same_part=False))
+    np.testing.assert_array_equal(a[0], b[0])

@@ -45,6 +45,19 @@ def scores(conf: np.ndarray) -> dict[str, np.ndarray | float]:
             "fp": float(np.nanmean(fp)), "fn": float(np.nanmean(fn))}
 
 
+def pixel_errors(conf: np.ndarray) -> dict[str, float]:
+    """Where the wrong pixels go, in percent of all scored pixels (label 0 = background):
+    background taken for a class (`bg_as_fg`), a class taken for background (`fg_as_bg`: missed,
+    e.g. partial activation), and one class taken for another (`confusion`: what co-occurrence
+    causes and ReCAM's softmax is meant to fix)."""
+    conf = conf.astype(np.float64)
+    total = conf.sum()
+    classes = conf[1:, 1:]
+    shares = {"bg_as_fg": conf[0, 1:].sum(), "fg_as_bg": conf[1:, 0].sum(),
+              "confusion": classes.sum() - np.trace(classes)}
+    return {k: float(100 * v / total) if total else float("nan") for k, v in shares.items()}
+
+
 def label_lut(keys) -> np.ndarray:
     """Map from local index (0 = background, i = keys[i-1]'s map) to label value (0, keys + 1)."""
     return np.concatenate([[0], np.asarray(keys, np.int64) + 1])

@@ -39,7 +39,7 @@ CONTEXTS = [("floor", (150, 110, 70), "bottom"), ("road", (110, 110, 115), "bott
             ("water", (40, 70, 140), "bottom"), ("sky", (150, 190, 235), "top"),
             ("grass", (90, 160, 60), "bottom"), None]
 CLASS_NAMES = [f"{s}_{p}" for s in SHAPES for p in PARTS]
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def dataset_dir(data_dir: str | Path, gen_cfg: dict) -> Path:
@@ -106,7 +106,7 @@ def render(rng: np.random.Generator, g: dict):
     h, w = (int(v) for v in rng.integers(g["min_size"], g["max_size"] + 1, size=2))
     classes = _pick_classes(rng, g)
     image = _background(rng, h, w)
-    pairs = {c // 2 for c in classes}
+    pairs = {c // 2 for c, _ in classes}
     drawn_ctx = set()
     for k in range(len(CONTEXTS)):
         p = g["context_prob"] if k in pairs else g["context_noise_prob"]
@@ -117,30 +117,35 @@ def render(rng: np.random.Generator, g: dict):
     label = np.zeros((h, w), np.uint8)
     objects = []
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    for c in classes:
-        body, part = _object_masks(rng, yy, xx, c, g)
+    placed = []  # (cy, cx, r) of each object, for partners drawn touching their anchor
+    for c, anchor in classes:
+        touch = anchor is not None and g.get("touch_prob", 0.0) > 0 and rng.random() < g["touch_prob"]
+        body, part, where = _object_masks(rng, yy, xx, c, g, placed[anchor] if touch else None)
+        placed.append(where)
         image[body] = _texture(rng, BODY_COLOURS[c // 2], int(body.sum()), 18)
         image[part] = _texture(rng, PART_COLOURS[c % 2], int(part.sum()), 10)
         label[body | part] = c + 1
-    for c in classes:  # boxes of what is visible after occlusion
+    final = _ignore_borders(label, g["ignore_width"])
+    for c in sorted({c for c, _ in classes}):  # boxes of what is visible after occlusion and the void band
         ys, xs = np.nonzero(label == c + 1)
-        if ys.size:
+        if (final == c + 1).any():
             objects.append((c, (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)))
     image = ndimage.uniform_filter(image.astype(np.float32), size=(2, 2, 1))  # soften hard edges
     image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
-    return image, _ignore_borders(label, g["ignore_width"]), objects
+    return image, final, objects
 
 
-def _pick_classes(rng, g) -> list[int]:
+def _pick_classes(rng, g) -> list[tuple[int, int | None]]:
+    """[(class, index of the object it accompanies or None)] for one image."""
     n = int(rng.choice([1, 2, 3], p=g["objects_prob"]))
-    first = int(rng.integers(len(CLASS_NAMES)))
-    classes = [first]
+    classes = [(int(rng.integers(len(CLASS_NAMES))), None)]
     while len(classes) < n:
+        prev = classes[-1][0]
         if rng.random() < g["cooccur_prob"]:  # the next pair's classes co-occur with this one
-            c = (2 * ((classes[-1] // 2 + 1) % len(SHAPES))) + int(rng.integers(2))
+            part = prev % 2 if g.get("partner_same_part", False) else int(rng.integers(2))
+            classes.append((2 * ((prev // 2 + 1) % len(SHAPES)) + part, len(classes) - 1))
         else:
-            c = int(rng.integers(len(CLASS_NAMES)))
-        classes.append(c)
+            classes.append((int(rng.integers(len(CLASS_NAMES))), None))
     return classes
 
 
@@ -173,11 +178,17 @@ def _texture(rng, colour, n, sigma) -> np.ndarray:
     return np.clip(np.asarray(colour, np.float32) + rng.normal(0, sigma, (n, 3)), 0, 255)
 
 
-def _object_masks(rng, yy, xx, c, g):
-    """Body and part masks of one object of class c; the part is a small blob at one end."""
+def _object_masks(rng, yy, xx, c, g, anchor=None):
+    """Body and part masks of one object of class c (the part: a small blob at one end), and its
+    (cy, cx, r). With an anchor (cy, cx, r) the object touches and overlaps it, as a rider its horse."""
     h, w = yy.shape
     r = rng.uniform(*g["object_scale"]) * min(h, w)
-    cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+    if anchor is None:
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+    else:
+        angle, gap = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.7) * (anchor[2] + r)
+        cy = float(np.clip(anchor[0] + gap * np.sin(angle), r, h - r))
+        cx = float(np.clip(anchor[1] + gap * np.cos(angle), r, w - r))
     dy, dx = (yy - cy) / r, (xx - cx) / r
     shape = SHAPES[c // 2]
     if shape == "ellipse":
@@ -199,7 +210,7 @@ def _object_masks(rng, yy, xx, c, g):
     part = ((yy - py) ** 2 + (xx - px) ** 2 < pr ** 2) & body
     if not part.any():  # tiny or clipped objects still carry their part
         part = (yy - cy) ** 2 + (xx - cx) ** 2 < pr ** 2
-    return body & ~part, part
+    return body & ~part, part, (cy, cx, r)
 
 
 def _ignore_borders(label: np.ndarray, width: int) -> np.ndarray:

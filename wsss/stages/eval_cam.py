@@ -19,7 +19,7 @@ from wsss.cam import seed_file
 from wsss.data import open_dataset
 from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, write_json
-from wsss.metrics import ThresholdSweep, scores, threshold_cams
+from wsss.metrics import ThresholdSweep, pixel_errors, scores, threshold_cams
 from wsss.viz import colour_labels, heatmap, save_curve, save_panel
 
 VERSION = 1
@@ -80,6 +80,8 @@ def run(cfg, out_dir: Path) -> dict:
     curve, best = miou_curve(sweep)
     at_tau = scores(fixed.confusions()[0])
     metrics = _metrics(f"eval_cam/{split}", at_tau, layout.class_names, tau, curve[best], sweep.thresholds[best])
+    for suffix, conf in (("", fixed.confusions()[0]), ("_best", sweep.confusions()[best])):
+        metrics.update({f"eval_cam/{split}/error_{k}{suffix}": v for k, v in pixel_errors(conf).items()})
     metrics.update(_protocol(cfg, split))
     write_json(out_dir / "curve.json", {"thresholds": sweep.thresholds.tolist(), "miou": curve,
                                         "threshold": tau, "miou_at_threshold": metrics[f"eval_cam/{split}/miou"]})
