@@ -24,6 +24,9 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
         assert f"eval_cam/train/{key}" in metrics
     assert 0 <= metrics["eval_cam/train/miou"] <= metrics["eval_cam/train/miou_best"] <= 100
     assert metrics["eval_cam/train/threshold"] == 0.15
+    for suffix in ("", "_best"):  # the error split: percent of scored pixels
+        errors = sum(metrics[f"eval_cam/train/error_{k}{suffix}"] for k in ("bg_as_fg", "fg_as_bg", "confusion"))
+        assert 0 <= errors <= 100
     assert "eval_cam/train/iou/background" in metrics and "eval_cam/train/iou/ring_bar" in metrics
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["eval_cam/train/miou"] == metrics["eval_cam/train/miou"]
