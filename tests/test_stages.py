@@ -123,3 +123,14 @@ def test_frozen_bn_statistics_survive_a_lightning_fit(tiny_cfg):
     for k, v in state.items():
         if k.endswith(("running_mean", "running_var")):
             assert torch.equal(v, fresh[k]), k
+
+
+def test_output_directory_exists_before_the_other_ranks_are_released(tiny_cfg, tmp_path, monkeypatch):
+    """Under DDP the other ranks start a distributed stage right after the first barrier and write
+    (and stat, for the disk-space check) its directory: rank 0 must have made it by then."""
+    cfg = tiny_cfg("stages=[eval_cam]")
+    art = artifacts.locate(cfg, "train_cls")
+    seen = []
+    monkeypatch.setattr(artifacts, "barrier", lambda: seen.append(art.path.is_dir()))
+    artifacts.produce(cfg, "train_cls", lambda c, out: {}, tmp_path, distributed=True)
+    assert seen == [True, True]

@@ -111,9 +111,10 @@ def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -
         if cfg.force and art.path.exists():  # complete or not: recompute from scratch
             shutil.rmtree(art.path)
         reused = art.complete
+        if not reused:  # before the barrier: the other ranks' shards write (and stat) it at once
+            art.path.mkdir(parents=True, exist_ok=True)
         barrier()
         if not reused:
-            art.path.mkdir(parents=True, exist_ok=True)
             start = time.time()
             metrics = run_fn(cfg, art.path)
             write_json(art.manifest, {

@@ -98,7 +98,7 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     """`trainer.save_checkpoint` beside `path`, then a rename: a reader never sees half a file.
     Collective: every rank calls it, rank 0 writes."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # full state: resume needs optimiser and loops
     if trainer.is_global_zero:
         os.replace(tmp, path)
 
