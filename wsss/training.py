@@ -34,6 +34,7 @@ class ResumeCheckpoint(L.Callback):
 
     def __init__(self, path: Path, every_n_steps: int):
         self.path, self.every = Path(path), max(1, int(every_n_steps))
+        self._last = -1  # the step last saved, so an epoch-end save is not repeated on the next batch
 
     def _save(self, trainer: L.Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +48,6 @@ class ResumeCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self._last = trainer.global_step
         self._save(trainer)
-
-    _last = -1
 
 
 def resumable(cfg, out_dir: Path) -> tuple[list, str | None]:
@@ -98,7 +97,9 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     """`trainer.save_checkpoint` beside `path`, then a rename: a reader never sees half a file.
     Collective: every rank calls it, rank 0 writes."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)  # full state: resume needs optimiser and loops
+    # What is *written*: the full training state (optimiser, loops), which resuming needs. It holds
+    # tensors and plain values only; every read of it uses torch.load(..., weights_only=True).
+    trainer.save_checkpoint(tmp, weights_only=False)
     if trainer.is_global_zero:
         os.replace(tmp, path)
 

@@ -127,8 +127,8 @@ def render(rng: np.random.Generator, g: dict):
         label[body | part] = c + 1
     final = _ignore_borders(label, g["ignore_width"])
     for c in sorted({c for c, _ in classes}):  # boxes of what is visible after occlusion and the void band
-        ys, xs = np.nonzero(label == c + 1)
         if (final == c + 1).any():
+            ys, xs = np.nonzero(label == c + 1)
             objects.append((c, (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)))
     image = ndimage.uniform_filter(image.astype(np.float32), size=(2, 2, 1))  # soften hard edges
     image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)

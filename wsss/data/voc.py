@@ -66,6 +66,10 @@ class VOCLayout:
             raise DatasetError(f"split list {path} is empty")
         return ids
 
+    def ids_of(self, splits) -> list[str]:
+        """Ids of several splits, each once, in list order (train ⊂ train_aug adds nothing new)."""
+        return list(dict.fromkeys(i for split in splits for i in self.ids(split)))
+
     def _list_path(self, split: str) -> Path:
         return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
 

@@ -78,9 +78,10 @@ def run(cfg, out_dir: Path) -> dict:
     ids = layout.ids(split)
     accumulate(layout, seeds, ids, [sweep, fixed], desc=f"eval_cam {split}")
     curve, best = miou_curve(sweep)
-    at_tau = scores(fixed.confusions()[0])
+    at_tau_conf = fixed.confusions()[0]
+    at_tau = scores(at_tau_conf)
     metrics = _metrics(f"eval_cam/{split}", at_tau, layout.class_names, tau, curve[best], sweep.thresholds[best])
-    for suffix, conf in (("", fixed.confusions()[0]), ("_best", sweep.confusions()[best])):
+    for suffix, conf in (("", at_tau_conf), ("_best", sweep.confusions()[best])):
         metrics.update({f"eval_cam/{split}/error_{k}{suffix}": v for k, v in pixel_errors(conf).items()})
     metrics.update(_protocol(cfg, split))
     write_json(out_dir / "curve.json", {"thresholds": sweep.thresholds.tolist(), "miou": curve,

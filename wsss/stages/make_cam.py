@@ -57,11 +57,6 @@ def load_maps_model(cfg):
     return model.backbone, model.cam_weights()
 
 
-def seed_ids(cfg, layout) -> list[str]:
-    """Ids of every split in cam.splits, each once, in list order."""
-    return list(dict.fromkeys(i for split in cfg.cam.splits for i in layout.ids(split)))
-
-
 def estimated_bytes(layout, ids) -> int:
     """Upper bound of the seed files' size: float16 high-res + strided maps per present class
     (sizes from the image headers, no decoding; compression only makes the files smaller)."""
@@ -88,7 +83,7 @@ def check_disk_space(layout, ids, out_dir: Path) -> None:
 
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
-    ids = seed_ids(cfg, layout)
+    ids = layout.ids_of(cfg.cam.splits)
     todo = missing_ids(out_dir, ids)
     check_disk_space(layout, todo, out_dir)
     if todo:

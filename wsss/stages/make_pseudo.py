@@ -80,7 +80,7 @@ def run(cfg, out_dir: Path) -> dict:
     p = cfg.pseudo
     seeds = artifacts.require(cfg, "make_cam", "make_pseudo").path
     tau, fg, bg = thresholds(cfg, layout, seeds)
-    ids = list(dict.fromkeys(i for s in p.splits for i in layout.ids(s)))
+    ids = layout.ids_of(p.splits)
     tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), label_file(out_dir, i))
              for i in ids if not label_file(out_dir, i).exists()]
     workers = default_workers(cfg.refine.workers)
