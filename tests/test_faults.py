@@ -12,15 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TINY
+from tests.conftest import TINY, compose_cfg
 from wsss import artifacts
+from wsss.cam import seed_files
 from wsss.data import open_dataset
 from wsss.errors import UserError
-from wsss.io import load_seed, save_label_png
+from wsss.io import is_temporary, load_seed, read_json, save_label_png
 from wsss.pipeline import run_pipeline
 from wsss.training import RESUME, checkpoint_path
-
-SLOW_CAM = ["dataset.generator.num_train=24", "cam.scales=[1.0,0.5,1.5,2.0]"]
 
 
 def start(tmp_path: Path, *overrides: str) -> subprocess.Popen:
@@ -50,24 +49,55 @@ def _holds(ready) -> bool:
         return False
 
 
+# stage → the writer that the stand-in (tests/blocking_writer.py) stops in the middle of its 3rd file
+KILLED_WRITER = {"make_cam": "wsss.cam.save_seed", "make_pseudo": "wsss.pseudo.save_label_png",
+                 "eval_seg": "wsss.stages.eval_seg.save_label_png"}
+WRITE_KILL = ["dataset.generator.num_train=24", "refine.workers=1"]  # 24 seeds; labels made in-process
+BLOCKING_WRITER = str(Path(__file__).with_name("blocking_writer.py"))
+
+
+@pytest.fixture(scope="module")
+def finished_store(tmp_path_factory):
+    """A store holding every stage's output of one uninterrupted run: the reference for the kill tests."""
+    root = tmp_path_factory.mktemp("store")
+    run_pipeline(compose_cfg(root, *TINY, *WRITE_KILL))
+    return root
+
+
+def _contents(art: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(art)): p.read_bytes() for p in art.rglob("*") if p.is_file() and p.name != "manifest.json"}
+
+
 @pytest.mark.slow
-def test_sigkill_during_make_cam_then_rerun_gives_the_uninterrupted_seeds(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("stages=[train_cls,make_cam]", *SLOW_CAM)
+@pytest.mark.parametrize("stage", list(KILLED_WRITER))
+def test_kill_during_a_write_then_rerun_leaves_no_temporary_file_and_an_exact_manifest(finished_store, stage):
+    root = finished_store
+    overrides = [*TINY, *WRITE_KILL, f"stages=[{stage}]"]
+    cfg = compose_cfg(root, *overrides)
+    art = artifacts.locate(cfg, stage).path
+    reference = _contents(art)
+    shutil.rmtree(art)
+    marker = root / f"{stage}.writing"
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, BLOCKING_WRITER, KILLED_WRITER[stage], "3", str(marker),
+                             f"paths.root={root}", *overrides], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    kill_when(proc, marker.exists)
+    stale = [p for p in art.rglob("*") if is_temporary(p)]
+    assert len(stale) == 1 and stale[0].read_bytes().startswith(b"PK")  # killed in the middle of a write
+    assert not (art / "manifest.json").exists()
+    if stage == "make_cam":  # the temporary file never counts as a seed
+        assert len(seed_files(art)) == 2
+        with pytest.raises(UserError, match="unreadable"):
+            load_seed(stale[0])
+
     run_pipeline(cfg)
-    seeds = artifacts.locate(cfg, "make_cam").path
-    reference = {p.name: p.read_bytes() for p in seeds.glob("*.npz")}
-    assert len(reference) == 24
-    shutil.rmtree(seeds)
-    proc = start(tmp_path, "stages=[make_cam]", *SLOW_CAM)
-    kill_when(proc, lambda: len(list(seeds.glob("*.npz"))) >= 5)
-    written = list(seeds.glob("*.npz"))
-    assert not (seeds / "manifest.json").exists() and 5 <= len(written) < 24  # killed mid-stage
-    for p in written:  # whatever is there is complete (atomic writes)
-        load_seed(p)
-    m = run_pipeline(tiny_cfg("stages=[make_cam]", *SLOW_CAM))
-    assert 0 < m["make_cam/computed"] <= 24 - 5
-    assert {p.name: p.read_bytes() for p in seeds.glob("*.npz")} == reference
-    assert not list(seeds.glob(".*tmp*"))  # no temporary files mistaken for seeds
+    assert not [p for p in art.rglob("*") if is_temporary(p)]
+    listed = read_json(art / "manifest.json")["files"]
+    assert listed == sorted(reference) and set(listed) == set(_contents(art))  # exactly the real files
+    if stage == "make_cam":
+        assert listed == sorted(f"{i}.npz" for i in open_dataset(cfg).ids("train")) and len(listed) == 24
+    assert _contents(art) == reference  # byte-equal to the uninterrupted run
 
 
 @pytest.mark.slow
@@ -146,7 +176,7 @@ def test_empty_split_is_named(tiny_cfg):
 def test_truncated_seed_file_is_named_and_not_reused(tiny_cfg):
     cfg = tiny_cfg("stages=[train_cls,make_cam,eval_cam]")
     run_pipeline(cfg)
-    seed = next(artifacts.locate(cfg, "make_cam").path.glob("*.npz"))
+    seed = seed_files(artifacts.locate(cfg, "make_cam").path)[0]
     seed.write_bytes(seed.read_bytes()[:50])
     with pytest.raises(UserError, match=f"seed file {seed} is unreadable"):
         run_pipeline(tiny_cfg("stages=[eval_cam]"))
@@ -169,7 +199,7 @@ def test_too_little_disk_space_for_seeds_fails_before_writing(tiny_cfg, monkeypa
     with pytest.raises(UserError, match="GiB are free"):
         run_pipeline(cfg)
     seeds = artifacts.locate(cfg, "make_cam").path
-    assert not list(seeds.glob("*.npz")) and not (seeds / "manifest.json").exists()
+    assert not seed_files(seeds) and not (seeds / "manifest.json").exists()
 
 
 @pytest.mark.slow

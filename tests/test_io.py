@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss.io import load_label_png, load_seed, read_json, save_label_png, save_seed, write_json
+from wsss.io import TEMP_SUFFIX, load_label_png, load_seed, read_json, save_label_png, save_seed, write_json
 
 
 def test_seed_round_trip_is_float16_without_pickle(tmp_path):
@@ -51,3 +51,21 @@ def test_json_write_is_atomic_and_leaves_no_temp(tmp_path):
     write_json(tmp_path / "m.json", {"a/b": 1.5})
     assert read_json(tmp_path / "m.json") == {"a/b": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_temporary_names_never_match_an_artifact_pattern(tmp_path):
+    from wsss.io import artifact_files, atomic_path, is_temporary, sweep_temporary  # noqa: I001
+
+    for name in ("a.npz", "labels/b.png", "model.ckpt"):
+        with pytest.raises(RuntimeError), atomic_path(tmp_path / name) as tmp:
+            assert is_temporary(tmp) and tmp.parent == (tmp_path / name).parent
+            assert not tmp.match("*.npz") and not tmp.match("*.png") and not tmp.match("*.ckpt")
+            raise RuntimeError("the writer fails")  # the context removes its temporary file
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+    save_seed(tmp_path / "s.npz", np.array([1]), np.zeros((1, 4, 4)), np.zeros((1, 1, 1)))
+    stale = tmp_path / "labels" / f".x.png.abc123{TEMP_SUFFIX}"  # what a killed writer leaves
+    stale.write_bytes(b"PK half")
+    assert artifact_files(tmp_path, "**/*") == [tmp_path / "s.npz"]
+    assert sweep_temporary(tmp_path) == [stale] and not stale.exists()
+    assert (tmp_path / "s.npz").exists()

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from wsss import artifacts, crf
-from wsss.io import load_label_png
+from wsss.io import artifact_files, load_label_png
 from wsss.pipeline import run_pipeline
 from wsss.pseudo import pseudo_label
 from wsss.stages.make_pseudo import label_file
@@ -95,7 +95,7 @@ def test_make_pseudo_stage_resumes_and_scores(tiny_cfg, tmp_path):
     cfg = tiny_cfg("stages=[train_cls,make_cam,make_pseudo]", "refine=crf", "refine.workers=2")
     metrics = run_pipeline(cfg)
     out = artifacts.locate(cfg, "make_pseudo").path
-    ids = sorted(p.stem for p in (out / "labels").glob("*.png"))
+    ids = sorted(p.stem for p in artifact_files(out / "labels", "*.png"))
     assert len(ids) == metrics["make_pseudo/images"] == 8
     for key in ("miou", "miou_255_ignored", "ignore_pct", "threshold", "iou/background", "iou_255_ignored/background"):
         assert f"make_pseudo/train/{key}" in metrics
@@ -103,7 +103,7 @@ def test_make_pseudo_stage_resumes_and_scores(tiny_cfg, tmp_path):
     assert metrics["make_pseudo/fg_threshold"] == pytest.approx(0.30)
     assert metrics["make_pseudo/bg_threshold"] == pytest.approx(0.05)
     assert metrics["protocol/make_pseudo/refine"] == "crf-label"
-    assert len(list((out / "overlays").glob("*.png"))) == 6
+    assert len(artifact_files(out / "overlays", "*.png")) == 6
     png = label_file(out, ids[0])
     assert load_label_png(png).dtype == np.uint8 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # an interrupted run: the manifest never written and two labels missing → only those two are made

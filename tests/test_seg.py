@@ -9,6 +9,7 @@ from PIL import Image
 from wsss import artifacts
 from wsss.data import open_dataset
 from wsss.errors import UserError
+from wsss.io import artifact_files
 from wsss.models.segmenter import SegmentationModule, build_segmenter, msc_outputs
 from wsss.pipeline import run_pipeline
 from wsss.stages.eval_seg import pred_file
@@ -117,7 +118,7 @@ def test_whole_pipeline_on_tiny_data(tiny_cfg, tmp_path):
         pred = Image.open(pred_file(out, "val", img_id))
         assert pred.mode == "P" and pred.size[::-1] == voc.read_mask(img_id).shape
         assert np.asarray(pred).max() <= voc.num_classes
-    assert len(list((out / "overlays").glob("*.png"))) == 6
+    assert len(artifact_files(out / "overlays", "*.png")) == 6
     # the checkpoint rebuilds on its own, safely
     raw = torch.load(artifacts.locate(cfg, "train_seg").path / "model.ckpt", weights_only=True)
     assert raw["hyper_parameters"]["arch"] == "cls_aspp" and raw["hyper_parameters"]["trunk"] == "resnet18"

@@ -5,9 +5,9 @@ import numpy as np
 import torch
 
 from wsss import artifacts
-from wsss.cam import seed_file
+from wsss.cam import seed_file, seed_files
 from wsss.data import open_dataset
-from wsss.io import load_seed
+from wsss.io import artifact_files, load_seed
 from wsss.models.classifier import ClassifierModule, load_checkpoint, load_classifier
 from wsss.models.recam import ReCAMModule
 from wsss.pipeline import run_pipeline
@@ -47,7 +47,7 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
         assert s["high_res"].dtype == np.float16 and s["high_res"].min() >= 0 and s["high_res"].max() <= 1  # < 1 before float16 rounding
     # pictures for people
     run = tmp_path / "run" / "eval_cam"
-    assert (run / "curve.png").exists() and len(list((run / "overlays").glob("*.png"))) == 6
+    assert (run / "curve.png").exists() and len(artifact_files(run / "overlays", "*.png")) == 6
     curve = json.loads((run / "curve.json").read_text())
     assert len(curve["thresholds"]) == 56 and max(curve["miou"]) == metrics["eval_cam/train/miou_best"]
 
@@ -81,13 +81,13 @@ def test_make_cam_resumes_missing_images_only(tiny_cfg):
     cfg = tiny_cfg("stages=[train_cls,make_cam]")
     run_pipeline(cfg)
     art = artifacts.locate(cfg, "make_cam")
-    files = sorted(art.path.glob("*.npz"))
+    files = seed_files(art.path)
     before = {p.name: p.read_bytes() for p in files}
     files[0].unlink()
     art.manifest.unlink()  # as if killed before sealing
     metrics = run_pipeline(tiny_cfg("stages=[make_cam]"))
     assert metrics["make_cam/computed"] == 1
-    assert {p.name: p.read_bytes() for p in sorted(art.path.glob("*.npz"))} == before
+    assert {p.name: p.read_bytes() for p in seed_files(art.path)} == before
 
 
 def test_recam_stage_and_maps(tiny_cfg, tmp_path):

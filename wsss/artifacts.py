@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from wsss import __version__
 from wsss.errors import UserError
-from wsss.io import read_json, write_json
+from wsss.io import artifact_files, read_json, sweep_temporary, write_json
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,14 @@ def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -
         reused = art.complete
         if not reused:  # before the barrier: the other ranks' shards write (and stat) it at once
             art.path.mkdir(parents=True, exist_ok=True)
+            sweep_temporary(art.path)  # a killed writer's half file; under the lock, nobody writes now
         barrier()
         if not reused:
             start = time.time()
             metrics = run_fn(cfg, art.path)
             write_json(art.manifest, {
                 "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
-                "files": sorted(str(p.relative_to(art.path)) for p in art.path.rglob("*") if p.is_file()),
+                "files": [str(p.relative_to(art.path)) for p in artifact_files(art.path, "**/*")],
                 "code_version": code_version(), "started": start, "seconds": time.time() - start})
     barrier()  # every rank passes here once per stage, reused or not
     _record(run_dir, art, reused=reused)

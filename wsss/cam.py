@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
-from wsss.io import save_seed
+from wsss.io import artifact_files, save_seed
 
 
 def strided_size(h: int, w: int) -> tuple[int, int]:
@@ -83,6 +83,11 @@ class SeedWriter(BasePredictionWriter):
 
 def seed_file(out_dir: Path, img_id: str) -> Path:
     return Path(out_dir) / f"{img_id}.npz"
+
+
+def seed_files(out_dir: Path) -> list[Path]:
+    """The finished seed files of a make_cam artifact, sorted (never a writer's temporary file)."""
+    return artifact_files(out_dir, "*.npz")
 
 
 def missing_ids(out_dir: Path, ids) -> list[str]:

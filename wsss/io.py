@@ -17,13 +17,28 @@ from PIL import Image
 
 from wsss.errors import UserError
 
+TEMP_SUFFIX = ".wsss-tmp"
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for the name of a file still being written (or left by a killed writer).
+
+    Temporary names are `.<final name>.<random>.wsss-tmp`: they end in no artifact extension, so no
+    `*.npz` / `*.png` pattern matches them.
+    """
+    return Path(path).name.endswith(TEMP_SUFFIX)
+
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    Writers must not infer the format from the temporary name: pass an open file or the format
+    (np.savez to a file object, PIL with format=...).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -31,6 +46,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def artifact_files(directory: str | os.PathLike, pattern: str = "*") -> list[Path]:
+    """The finished files of `directory` matching `pattern` (rglob-style for "**/..."), sorted;
+    temporary files of writers (running or killed) are never among them."""
+    return sorted(p for p in Path(directory).glob(pattern) if p.is_file() and not is_temporary(p))
+
+
+def sweep_temporary(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed writer left anywhere below `directory`.
+
+    Only safe while nobody else writes there: the artifact store calls it under the artifact's lock,
+    before the stage starts. A killed writer's temporary file is never completed later.
+    """
+    stale = [p for p in Path(directory).rglob(f"*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_json(path, obj) -> None:
@@ -49,8 +82,8 @@ def save_seed(path, keys: np.ndarray, high_res: np.ndarray, strided: np.ndarray)
     keys = np.asarray(keys, dtype=np.int64)
     if high_res.shape[0] != len(keys) or strided.shape[0] != len(keys):
         raise ValueError(f"{path}: {len(keys)} keys but maps of shape {high_res.shape}, {strided.shape}")
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, keys=keys, high_res=high_res.astype(np.float16),
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy appends no ".npz"
+        np.savez_compressed(f, keys=keys, high_res=high_res.astype(np.float16),
                             strided=strided.astype(np.float16))
 
 
@@ -87,7 +120,7 @@ def save_label_png(path, label: np.ndarray) -> None:
         raise ValueError(f"{path}: a label map must be 2-D, got shape {label.shape}")
     img = Image.fromarray(label.astype(np.uint8), mode="P")
     img.putpalette(palette())
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 
 

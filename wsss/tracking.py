@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from wsss.io import artifact_files
+
 log = logging.getLogger(__name__)
 _RUN = None  # the job's W&B run, when logger=wandb
 
@@ -128,7 +130,7 @@ def _pictures(cfg, stage: str, cap: int) -> list:
     from wsss import artifacts
 
     if stage == "eval_cam":
-        files = sorted((Path(cfg.paths.run_dir) / "eval_cam" / "overlays").glob("*.png"))[:cap]
+        files = artifact_files(Path(cfg.paths.run_dir) / "eval_cam" / "overlays", "*.png")[:cap]
         return [wandb.Image(str(f), caption=f.stem) for f in files]
     if stage not in ("make_pseudo", "eval_seg"):
         return []

@@ -8,6 +8,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from wsss.io import TEMP_SUFFIX
+
 
 def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
     """A Trainer from `cfg.trainer` (accelerator, devices, precision, …) plus stage-specific kwargs."""
@@ -96,7 +98,7 @@ def save_checkpoint(trainer: L.Trainer, out_dir: Path) -> None:
 def save_atomically(trainer: L.Trainer, path: Path) -> None:
     """`trainer.save_checkpoint` beside `path`, then a rename: a reader never sees half a file.
     Collective: every rank calls it, rank 0 writes."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp = Path(path).with_name(f".{Path(path).name}{TEMP_SUFFIX}")  # swept if a kill leaves it
     # What is *written*: the full training state (optimiser, loops), which resuming needs. It holds
     # tensors and plain values only; every read of it uses torch.load(..., weights_only=True).
     trainer.save_checkpoint(tmp, weights_only=False)

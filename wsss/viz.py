@@ -32,7 +32,7 @@ def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str]) -> None
         ax.set_title(cap, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
@@ -49,7 +49,7 @@ def save_curve(path: Path, thresholds, mious, fixed: tuple[float, float], title:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 

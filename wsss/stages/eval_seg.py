@@ -98,7 +98,7 @@ def evaluate(layout, out_dir: Path, split: str) -> dict:
 
 def _archive(out_dir: Path) -> None:
     """results.tar.gz holding results/VOC2012/Segmentation/comp6_test_cls/*.png, for the server."""
-    with atomic_path(Path(out_dir) / "results.tar.gz", suffix=".tar.gz") as tmp:
+    with atomic_path(Path(out_dir) / "results.tar.gz") as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             tar.add(Path(out_dir) / "results", arcname="results")
 
