@@ -1,12 +1,18 @@
 """Speed benchmarks, measured as ratios within one run on one machine (never as timed tests).
 
     python scripts/benchmark.py crf [--images N] [--workers 1 2] [overrides...]
+    python scripts/benchmark.py trunk [--backbones resnet18 tf_efficientnet_lite0] [--size 224] [--batch 16]
 
 `crf`: make_pseudo's CRF pass (refine=crf) over the first N seeds of the configured make_cam
 artifact, once per worker count, into throw-away directories; prints seconds, images/s and the
 speed-up over the first worker count, after one warm-up pass (so no count profits from a cache
 the others did not have). Workers are forked, as in `wsss`. The seeds must exist: run
 `wsss stages=[train_cls,make_cam]` with the same overrides first.
+
+`trunk`: one classifier training step (forward + backward, batch × size²) and one CAM forward
+(an image and its flip at 500×375, VOC's usual size) per backbone, in contiguous (NCHW) and
+channels-last (NHWC, `channels_last=true`) memory order; the best of `--repeats` after a warm-up,
+and the ratio to the first row.
 """
 from __future__ import annotations
 
@@ -54,14 +60,58 @@ def bench_crf(cfg, n_images: int, worker_counts: list[int]) -> None:
         print(f"{workers:>7}  {sec:7.1f}  {len(ids) / sec:8.1f}  {rows[0][1] / sec:7.2f}x")
 
 
+def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from wsss.models.classifier import ClassifierModule
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows = []
+    for name in backbones:
+        model = ClassifierModule(20, name, None, freeze_bn_stats=True)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            model = model.to(memory_format=layout)
+            x, y = torch.randn(batch, 3, size, size), torch.zeros(batch, 20)
+            pair = torch.randn(2, 3, 375, 500)
+
+            def step(model=model, x=x, y=y):
+                F.multilabel_soft_margin_loss(model(x), y).backward()
+
+            def cam(model=model, pair=pair):
+                with torch.no_grad():
+                    model.backbone(pair)
+
+            rows.append((name, "channels_last" if layout is torch.channels_last else "contiguous", best(step), best(cam)))
+    print(f"\ntrunks on {torch.get_num_threads()} threads: train step batch {batch}×{size}², CAM forward 2×500×375")
+    print(f"{'backbone':<24} {'memory':<14} {'step s':>7} {'ratio':>6} {'cam s':>7} {'ratio':>6}")
+    for name, layout, step_s, cam_s in rows:
+        print(f"{name:<24} {layout:<14} {step_s:7.3f} {step_s / rows[0][2]:6.2f} {cam_s:7.3f} {cam_s / rows[0][3]:6.2f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["crf"])
+    ap.add_argument("what", choices=["crf", "trunk"])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "tf_efficientnet_lite0"])
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for wsss")
     args = ap.parse_args(argv)
-    bench_crf(load_cfg(args.overrides), args.images, args.workers)
+    if args.what == "trunk":
+        bench_trunk(args.backbones, args.size, args.batch, args.repeats)
+    else:
+        bench_crf(load_cfg(args.overrides), args.images, args.workers)
     return 0
 
 

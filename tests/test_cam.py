@@ -11,7 +11,7 @@ from torch import nn
 
 from wsss.cam import multiscale_cam, padded_size, strided_size
 from wsss.data.transforms import multiscale_views
-from wsss.models.backbone import Backbone
+from wsss.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 
 
 class Pool16(nn.Module):
@@ -111,14 +111,14 @@ def test_matches_independent_reference_on_resnet50(tmp_path):
     ref.layer4[0].downsample[0].stride = (1, 1)
     ref.eval()
     torch.save(ref.state_dict(), tmp_path / "r50.pth")
-    ours = Backbone("resnet50", weights=str(tmp_path / "r50.pth")).eval()
+    ours = build_backbone("resnet50", weights=str(tmp_path / "r50.pth")).eval()
     w_all = torch.randn(20, 2048) * 0.02
     rng = np.random.default_rng(0)
     image = np.asarray(Image.fromarray(rng.integers(0, 255, (19, 26, 3), dtype=np.uint8)).resize((103, 75)))
     keys = [3, 14]
     scales = [1.0, 0.5, 1.5, 2.0]
     strided_ref, high_ref = _reference_cam(ref, w_all, image, keys, scales)
-    strided, high = multiscale_cam(ours, w_all[keys], multiscale_views(image, scales), image.shape[:2])
+    strided, high = multiscale_cam(ours, w_all[keys], multiscale_views(image, scales, (IMAGENET_MEAN, IMAGENET_STD)), image.shape[:2])
     assert high.shape == (2, 75, 103) and strided.shape == (2, 19, 26)
     for got, want in ((high, high_ref), (strided, strided_ref)):
         rel = (got.double() - want).abs().max() / want.abs().max()
@@ -127,13 +127,13 @@ def test_matches_independent_reference_on_resnet50(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_backbone_output_stride_16_without_dilation(name):
-    net = Backbone(name)
+    net = build_backbone(name)
     assert net(torch.zeros(1, 3, 75, 103)).shape[-2:] == (5, 7)
     assert all(m.dilation == (1, 1) for m in net.modules() if isinstance(m, nn.Conv2d))
 
 
 def test_frozen_bn_statistics_and_stem():
-    net = Backbone("resnet18", freeze_bn_stats=True, freeze_stem=True).train()
+    net = build_backbone("resnet18", freeze_bn_stats=True, freeze_stem=True).train()
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     before = bns[3].running_mean.clone()
     x = torch.randn(2, 3, 64, 64)
@@ -146,7 +146,7 @@ def test_frozen_bn_statistics_and_stem():
 
 
 def test_detach_after_layer2_stops_gradients():
-    net = Backbone("resnet18", detach_after_layer2=True)
+    net = build_backbone("resnet18", detach_after_layer2=True)
     net(torch.randn(1, 3, 64, 64)).sum().backward()
     assert all(p.grad is None for p in net.layer2.parameters())
     assert any(p.grad is not None for p in net.layer3.parameters())

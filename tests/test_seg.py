@@ -53,14 +53,16 @@ def test_label_resize_matches_pil_nearest():
 
 def test_seg_train_view_keeps_image_and_label_aligned():
     """Label = a function of the colour; after scale/pad/crop/flip it still is; padding is 255."""
-    from wsss.data.transforms import MEAN, STD, seg_train_view
+    from wsss.data.transforms import seg_train_view
+    from wsss.models.backbones import IMAGENET_MEAN as MEAN
+    from wsss.models.backbones import IMAGENET_STD as STD
 
     rng = np.random.default_rng(0)
     label = np.zeros((40, 50), np.uint8)
     label[:, 25:] = 1
     image = np.where(label[..., None] == 1, 255, 0).astype(np.uint8).repeat(3, 2)
     for _ in range(10):
-        x, y = seg_train_view(image, label, [0.5, 1.0, 1.5], 48, rng)
+        x, y = seg_train_view(image, label, [0.5, 1.0, 1.5], 48, rng, (MEAN, STD))
         assert x.shape == (3, 48, 48) and y.shape == (48, 48)
         pixel = x.numpy().transpose(1, 2, 0) * STD + MEAN  # back to [0, 1]
         pad = (y == 255).numpy()
@@ -121,7 +123,9 @@ def test_whole_pipeline_on_tiny_data(tiny_cfg, tmp_path):
     assert len(artifact_files(out / "overlays", "*.png")) == 6
     # the checkpoint rebuilds on its own, safely
     raw = torch.load(artifacts.locate(cfg, "train_seg").path / "model.ckpt", weights_only=True)
-    assert raw["hyper_parameters"]["arch"] == "cls_aspp" and raw["hyper_parameters"]["trunk"] == "resnet18"
+    hp = raw["hyper_parameters"]
+    assert hp["arch"] == "cls_aspp" and hp["trunk"] == "tf_efficientnet_lite0"
+    assert hp["mean"] == hp["std"] == [0.5] * 3  # the classifier's normalisation, kept for eval_seg
 
 
 def test_cls_aspp_starts_from_the_classifier_trunk(tiny_cfg):
@@ -135,6 +139,7 @@ def test_cls_aspp_starts_from_the_classifier_trunk(tiny_cfg):
     model = build_model(cfg, 13)
     for (name, a), b in zip(cls.backbone.state_dict().items(), model.net.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+    assert model.normalization == cls.normalization
     assert "train_cls" in artifacts.identity(cfg, "train_seg")["inputs"]  # a new classifier → a new model
 
 

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from wsss import artifacts
@@ -33,7 +34,8 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
     # checkpoint: loads on its own, with weights_only=True
     ckpt = checkpoint_path(artifacts.locate(cfg, "train_cls").path)
     raw = torch.load(ckpt, weights_only=True)
-    assert raw["hyper_parameters"]["backbone"] == "resnet18"
+    assert raw["hyper_parameters"]["backbone"] == "tf_efficientnet_lite0"
+    assert raw["hyper_parameters"]["weights"] == "packaged" and raw["hyper_parameters"]["mean"] == [0.5] * 3
     assert isinstance(load_classifier(ckpt), ClassifierModule)
     # seeds follow the contract for every train image
     voc = open_dataset(cfg)
@@ -100,7 +102,8 @@ def test_recam_stage_and_maps(tiny_cfg, tmp_path):
     # the seeds come from the ReCAM checkpoint's product weights
     from wsss.stages.make_cam import load_maps_model
 
-    _, weights = load_maps_model(cfg)
+    _, weights, norm = load_maps_model(cfg)
+    assert norm == ((0.5,) * 3, (0.5,) * 3)  # EfficientNet-Lite's normalisation, from the checkpoint
     model = load_checkpoint(recam.path / "model.ckpt", ReCAMModule)
     assert torch.equal(weights, model.classifier.weight.flatten(1) * model.sce_head.weight.flatten(1))
 
@@ -114,15 +117,23 @@ def test_threshold_does_not_change_the_seeds_key(tiny_cfg):
     assert artifacts.locate(tiny_cfg("cam.threshold=0.3"), "make_cam").key == artifacts.locate(tiny_cfg(), "make_cam").key
 
 
-def test_frozen_bn_statistics_survive_a_lightning_fit(tiny_cfg):
-    """Lightning restores per-module training flags itself; frozen statistics must hold regardless."""
-    cfg = tiny_cfg("stages=[train_cls]", "cls.freeze_bn_stats=true")
+@pytest.mark.parametrize("cls", ["cls=resnet", "cls=lite0"])
+def test_frozen_bn_statistics_survive_a_lightning_fit(tiny_cfg, cls):
+    """Lightning restores per-module training flags itself; frozen statistics must hold regardless,
+    also for timm's fused BN + activation layers (BatchNormAct2d)."""
+    cfg = tiny_cfg(cls, "stages=[train_cls]", "cls.freeze_bn_stats=true")
     run_pipeline(cfg)
-    state = torch.load(checkpoint_path(artifacts.locate(cfg, "train_cls").path), weights_only=True)["state_dict"]
-    fresh = ClassifierModule(12, "resnet18").state_dict()
+    raw = torch.load(checkpoint_path(artifacts.locate(cfg, "train_cls").path), weights_only=True)
+    hp, state = raw["hyper_parameters"], raw["state_dict"]
+    fresh = ClassifierModule(12, hp["backbone"], hp["weights"]).state_dict()  # the initial statistics
+    checked = 0
     for k, v in state.items():
         if k.endswith(("running_mean", "running_var")):
             assert torch.equal(v, fresh[k]), k
+            checked += 1
+    assert checked >= 20
+    moved = [k for k, v in state.items() if k.endswith(".weight") and "bn" in k and not torch.equal(v, fresh[k])]
+    assert moved  # γ/β still learn
 
 
 def test_output_directory_exists_before_the_other_ranks_are_released(tiny_cfg, tmp_path, monkeypatch):

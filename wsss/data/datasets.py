@@ -21,8 +21,8 @@ def item_rng() -> np.random.Generator:
 class ClassificationDataset(Dataset):
     """(image tensor, multi-hot label); random augmentation when `train`, else top-left padding."""
 
-    def __init__(self, layout: VOCLayout, ids, train: bool, long_range=(320, 640), crop=512):
-        self.layout, self.ids, self.train = layout, list(ids), train
+    def __init__(self, layout: VOCLayout, ids, train: bool, norm, long_range=(320, 640), crop=512):
+        self.layout, self.ids, self.train, self.norm = layout, list(ids), train, norm
         self.long_range, self.crop = tuple(long_range), crop
 
     def __len__(self):
@@ -33,8 +33,8 @@ class ClassificationDataset(Dataset):
         image = load_rgb(self.layout.image_path(img_id))
         label = torch.from_numpy(self.layout.labels(img_id))
         if self.train:
-            return train_view(image, self.long_range, self.crop, item_rng()), label
-        return to_chw(top_left_pad(normalize(image), self.crop)), label
+            return train_view(image, self.long_range, self.crop, item_rng(), self.norm), label
+        return to_chw(top_left_pad(normalize(image, self.norm), self.crop)), label
 
 
 class SegmentationDataset(Dataset):
@@ -43,8 +43,8 @@ class SegmentationDataset(Dataset):
     Training items are DeepLab-v2 augmented crops; evaluation items are the full image (batch 1).
     """
 
-    def __init__(self, layout: VOCLayout, ids, label_path, train: bool, scales=(1.0,), crop: int = 321):
-        self.layout, self.ids, self.label_path, self.train = layout, list(ids), label_path, train
+    def __init__(self, layout: VOCLayout, ids, label_path, train: bool, norm, scales=(1.0,), crop: int = 321):
+        self.layout, self.ids, self.label_path, self.train, self.norm = layout, list(ids), label_path, train, norm
         self.scales, self.crop = tuple(scales), crop
 
     def __len__(self):
@@ -58,15 +58,15 @@ class SegmentationDataset(Dataset):
             raise UserError(f"label map {self.label_path(img_id)} is {label.shape} but image "
                             f"{self.layout.image_path(img_id)} is {image.shape[:2]}")
         if self.train:
-            return seg_train_view(image, label, self.scales, self.crop, item_rng())
-        return to_chw(normalize(image)), torch.from_numpy(label.astype(np.int64))
+            return seg_train_view(image, label, self.scales, self.crop, item_rng(), self.norm)
+        return to_chw(normalize(image, self.norm)), torch.from_numpy(label.astype(np.int64))
 
 
 class MultiScaleDataset(Dataset):
     """For CAM inference: the id, the uint8 image size, present classes and the ms+flip views."""
 
-    def __init__(self, layout: VOCLayout, ids, scales):
-        self.layout, self.ids, self.scales = layout, list(ids), list(scales)
+    def __init__(self, layout: VOCLayout, ids, scales, norm):
+        self.layout, self.ids, self.scales, self.norm = layout, list(ids), list(scales), norm
 
     def __len__(self):
         return len(self.ids)
@@ -76,7 +76,7 @@ class MultiScaleDataset(Dataset):
         image = load_rgb(self.layout.image_path(img_id))
         keys = np.nonzero(self.layout.labels(img_id))[0]
         return {"id": img_id, "size": image.shape[:2], "keys": keys,
-                "views": multiscale_views(image, self.scales)}
+                "views": multiscale_views(image, self.scales, self.norm)}
 
 
 def single_item(batch):
@@ -86,18 +86,18 @@ def single_item(batch):
 
 class ClassificationDataModule(L.LightningDataModule):
     def __init__(self, layout: VOCLayout, train_ids, val_ids, batch_size: int, num_workers: int,
-                 long_range, crop: int):
+                 long_range, crop: int, norm):
         super().__init__()
-        self.layout, self.train_ids, self.val_ids = layout, train_ids, val_ids
+        self.layout, self.train_ids, self.val_ids, self.norm = layout, train_ids, val_ids, norm
         self.batch_size, self.num_workers = batch_size, num_workers
         self.long_range, self.crop = long_range, crop
 
     def train_dataloader(self):
-        ds = ClassificationDataset(self.layout, self.train_ids, True, self.long_range, self.crop)
+        ds = ClassificationDataset(self.layout, self.train_ids, True, self.norm, self.long_range, self.crop)
         return DataLoader(ds, self.batch_size, shuffle=True, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
-        ds = ClassificationDataset(self.layout, self.val_ids, False, self.long_range, self.crop)
+        ds = ClassificationDataset(self.layout, self.val_ids, False, self.norm, self.long_range, self.crop)
         return DataLoader(ds, self.batch_size, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)

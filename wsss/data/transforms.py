@@ -1,12 +1,14 @@
-"""Image transforms of the reference data pipeline (algorithms.md §2.3, §3, pitfalls 6-7)."""
+"""Image transforms of the reference data pipeline (algorithms.md §2.3, §3, pitfalls 6-7).
+
+Normalisation is the trunk's own, `norm = (mean, std)` in [0, 1] RGB units, as stored in the
+checkpoint of the model that sees the images (ImageNet's for the ResNets, 0.5 / 0.5 for
+EfficientNet-Lite): there is no global default, so no stage can feed a trunk the wrong one.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from PIL import Image
-
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def rescale(image: np.ndarray, scale: float) -> np.ndarray:
@@ -18,8 +20,10 @@ def rescale(image: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    return (image.astype(np.float32) / 255.0 - MEAN) / STD
+def normalize(image: np.ndarray, norm) -> np.ndarray:
+    """uint8 RGB → float32 (x/255 − mean)/std with the trunk's `norm = (mean, std)`."""
+    mean, std = (np.asarray(v, np.float32) for v in norm)
+    return (image.astype(np.float32) / 255.0 - mean) / std
 
 
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,10 +52,10 @@ def top_left_pad(image: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def train_view(image: np.ndarray, long_range: tuple[int, int], crop: int, rng) -> torch.Tensor:
+def train_view(image: np.ndarray, long_range: tuple[int, int], crop: int, rng, norm) -> torch.Tensor:
     """Random long-side resize → normalise → flip p=0.5 → random crop with mean fill → CHW."""
     long_side = int(rng.integers(long_range[0], long_range[1] + 1))
-    x = normalize(rescale(image, long_side / max(image.shape[:2])))
+    x = normalize(rescale(image, long_side / max(image.shape[:2])), norm)
     if rng.random() < 0.5:
         x = x[:, ::-1]
     return to_chw(random_crop(x, crop, rng))
@@ -61,16 +65,16 @@ def to_chw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def multiscale_views(image: np.ndarray, scales) -> list[torch.Tensor]:
+def multiscale_views(image: np.ndarray, scales, norm) -> list[torch.Tensor]:
     """Per scale a [2,3,h,w] batch: the rescaled image and its horizontal flip (algorithms.md §3)."""
     views = []
     for s in scales:
-        x = to_chw(normalize(rescale(image, s)))
+        x = to_chw(normalize(rescale(image, s), norm))
         views.append(torch.stack([x, x.flip(-1)]))
     return views
 
 
-def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng, norm) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepLab-v2 augmentation: a random scale from `scales` (bilinear image, nearest label), pad
     bottom/right to the crop (mean colour / 255), a random crop, horizontal flip p=0.5."""
     s = float(rng.choice(list(scales)))
@@ -78,7 +82,7 @@ def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
-    x = normalize(image)
+    x = normalize(image, norm)
     ph, pw = max(crop - x.shape[0], 0), max(crop - x.shape[1], 0)
     x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
     label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)

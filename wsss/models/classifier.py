@@ -1,4 +1,4 @@
-"""Stage A: the multi-label classifier (algorithms.md §2): ResNet → GAP → bias-free 1×1 conv.
+"""Stage A: the multi-label classifier (algorithms.md §2): trunk → GAP → bias-free 1×1 conv.
 
 The module takes plain hyperparameters only, so its checkpoint rebuilds it on its own and loads
 with `torch.load(..., weights_only=True)` (see `load_classifier`).
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.errors import UserError
-from wsss.models.backbone import Backbone
+from wsss.models.backbones import build_backbone
 
 
 def poly_lambda(total_steps: int, power: float):
@@ -24,11 +24,23 @@ class ClassifierModule(L.LightningModule):
     def __init__(self, num_classes: int, backbone: str = "resnet50", weights: str | None = None,
                  lr: float = 0.1, head_lr_mult: float = 10.0, weight_decay: float = 1e-4,
                  momentum: float = 1e-4, poly_power: float = 0.9, optimizer: str = "sgd", freeze_bn_stats: bool = True,
-                 freeze_stem: bool = True, detach_after_layer2: bool = False):
+                 freeze_stem: bool = True, detach_after_layer2: bool = False, mean=None, std=None):
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = Backbone(backbone, weights, freeze_bn_stats, freeze_stem, detach_after_layer2)
+        self.backbone = build_backbone(backbone, weights, freeze_bn_stats, freeze_stem, detach_after_layer2)
         self.classifier = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
+        self.keep_normalization(mean, std)
+
+    def keep_normalization(self, mean, std) -> None:
+        """Record the trunk's input normalisation in the hyperparameters, so that it travels in the
+        checkpoint and every stage reads it from there (given values win: a checkpoint's own)."""
+        self.hparams.mean = [float(v) for v in (mean if mean is not None else self.backbone.mean)]
+        self.hparams.std = [float(v) for v in (std if std is not None else self.backbone.std)]
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the inputs this model was trained on, in [0, 1] RGB units."""
+        return tuple(self.hparams.mean), tuple(self.hparams.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.backbone(x))

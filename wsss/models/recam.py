@@ -46,10 +46,11 @@ class ReCAMModule(ClassifierModule):
                  lr: float = 5e-5, head_lr_mult: float = 1.0, sce_lr: float = 5e-4, loss_weight: float = 1.0,
                  weight_decay: float = 1e-4, momentum: float = 1e-4,
                  poly_power: float = 0.9, optimizer: str = "sgd", freeze_bn_stats: bool = True,
-                 freeze_stem: bool = True, detach_after_layer2: bool = False):
+                 freeze_stem: bool = True, detach_after_layer2: bool = False, mean=None, std=None):
         super().__init__(num_classes, backbone, weights, lr, head_lr_mult, weight_decay, momentum, poly_power,
-                         optimizer, freeze_bn_stats, freeze_stem, detach_after_layer2)
+                         optimizer, freeze_bn_stats, freeze_stem, detach_after_layer2, mean, std)
         self.save_hyperparameters()
+        self.keep_normalization(mean, std)  # save_hyperparameters() replaced the parent's record
         self.sce_head = nn.Conv2d(self.backbone.out_channels, num_classes, 1, bias=False)
 
     def cam_weights(self, map_weights: str = "product") -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from wsss.errors import UserError
 from wsss.metrics import IGNORE, scores
-from wsss.models.backbone import Backbone, FixedStatsBatchNorm2d, build_resnet
+from wsss.models.backbones import IMAGENET_MEAN, IMAGENET_STD, FixedStatsBatchNorm2d, build_backbone, build_resnet
 from wsss.models.classifier import poly_optimizer
 
 MSC_SCALES = (0.5, 0.75)
@@ -41,6 +41,8 @@ class ASPPv2(nn.Module):
 
 
 class DeepLabV2(nn.Module):
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
     def __init__(self, depth: int, num_classes: int, weights, rates=(6, 12, 18, 24), freeze_bn: bool = True):
         super().__init__()
         net = getattr(torchvision.models, f"resnet{depth}")(
@@ -60,6 +62,8 @@ class DeepLabV2(nn.Module):
 
 
 class TorchvisionDeepLabV3(nn.Module):
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
     def __init__(self, depth: int, num_classes: int, weights):
         super().__init__()
         ctor = getattr(torchvision.models.segmentation, f"deeplabv3_resnet{depth}")
@@ -80,6 +84,8 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequen
 
 class SmallDeepLab(nn.Module):
     """Stride-8 conv net with a dilated layer and a DeepLab-v2 style head; random init, CPU-fast."""
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # any fixed normalisation will do from random init
 
     def __init__(self, num_classes: int, width: int = 16, rates=(1, 2, 4)):
         super().__init__()
@@ -103,13 +109,15 @@ def _copy_weights(net: nn.Module, arch: str, weights) -> None:
 
 
 class ClassifierTrunkASPP(nn.Module):
-    """The train_cls trunk (ResNet at output stride 16, wsss.models.backbone) with an ASPP-style head
-    (rates 1/2/4: the maps of small CPU images are ~8×8). Initialised from the classifier by
-    train_seg, so it starts from features that already tell the classes apart (image labels only)."""
+    """The train_cls trunk (ResNet or timm at output stride 16, wsss.models.backbones) with an
+    ASPP-style head (rates 1/2/4: the maps of small CPU images are ~8×8). Initialised from the
+    classifier by train_seg, so it starts from features that already tell the classes apart (image
+    labels only); its inputs are normalised as the classifier's."""
 
     def __init__(self, trunk: str, num_classes: int, freeze_bn: bool):
         super().__init__()
-        self.backbone = Backbone(trunk, None, freeze_bn_stats=freeze_bn, freeze_stem=True)
+        self.backbone = build_backbone(trunk, None, freeze_bn_stats=freeze_bn, freeze_stem=True)
+        self.mean, self.std = self.backbone.mean, self.backbone.std
         self.head = ASPPv2(self.backbone.out_channels, num_classes, (1, 2, 4))
 
     def forward(self, x):
@@ -153,11 +161,18 @@ class SegmentationModule(L.LightningModule):
                  optimizer: str = "sgd", lr: float = 2.5e-4, head_lr_mult: float = 10.0,
                  head_bias_lr_mult: float = 20.0, weight_decay: float = 5e-4, momentum: float = 0.9,
                  poly_power: float = 0.9, msc: bool = False, freeze_bn: bool = True, trunk: str = "resnet18",
-                 full_res_loss: bool = False):
+                 full_res_loss: bool = False, mean=None, std=None):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_segmenter(arch, num_classes, weights, freeze_bn, trunk)
+        # the network's input normalisation travels in the checkpoint (eval_seg reads it from there)
+        self.hparams.mean = [float(v) for v in (mean if mean is not None else self.net.mean)]
+        self.hparams.std = [float(v) for v in (std if std is not None else self.net.std)]
         self._confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return tuple(self.hparams.mean), tuple(self.hparams.std)
 
     def forward(self, x: torch.Tensor, size=None) -> torch.Tensor:
         """Logits upsampled (once, bilinear) to `size` (default: the input's); MSC max fusion when

@@ -53,7 +53,7 @@ def predict(model: SegmentationModule, image: np.ndarray, scales, flip: bool) ->
     device = next(model.parameters()).device
     total = None
     for s in scales:
-        x = to_chw(normalize(rescale(image, s)))[None].to(device)
+        x = to_chw(normalize(rescale(image, s), model.normalization))[None].to(device)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
         prob = model(batch, size=(h, w)).softmax(1)
         prob = prob[0] + prob[1].flip(-1) if flip else prob[0]

@@ -47,14 +47,14 @@ def model_stage(cfg) -> str:
 
 
 def load_maps_model(cfg):
-    """(backbone, per-class map weights [C,D]) of the configured method."""
+    """(backbone, per-class map weights [C,D], input normalisation) of the configured method."""
     stage = model_stage(cfg)
     path = checkpoint_path(artifacts.require(cfg, stage, "make_cam").path)
     if stage == "train_recam":
         model = load_checkpoint(path, ReCAMModule)
-        return model.backbone, model.cam_weights(cfg.cam.map_weights)
+        return model.backbone, model.cam_weights(cfg.cam.map_weights), model.normalization
     model = load_classifier(path)
-    return model.backbone, model.cam_weights()
+    return model.backbone, model.cam_weights(), model.normalization
 
 
 def estimated_bytes(layout, ids) -> int:
@@ -87,8 +87,9 @@ def run(cfg, out_dir: Path) -> dict:
     todo = missing_ids(out_dir, ids)
     check_disk_space(layout, todo, out_dir)
     if todo:
-        predictor = CAMPredictor(*load_maps_model(cfg))
-        loader = DataLoader(MultiScaleDataset(layout, todo, cfg.cam.scales), batch_size=1,
+        backbone, weights, norm = load_maps_model(cfg)
+        predictor = CAMPredictor(backbone, weights)
+        loader = DataLoader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm), batch_size=1,
                             collate_fn=single_item, num_workers=cfg.num_workers)
         trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)])
         trainer.predict(predictor, loader, return_predictions=False)

@@ -14,7 +14,7 @@ from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
 from wsss.training import build_trainer, drop_resume_state, logged, plain, resumable, save_checkpoint
 
-VERSION = 2  # 2: frozen BN statistics really frozen under Lightning
+VERSION = 3  # 2: frozen BN statistics really frozen under Lightning; 3: normalisation in the checkpoint
 STORED = True
 DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def run(cfg, out_dir: Path) -> dict:
         head_lr_mult=c.head_lr_mult, weight_decay=c.weight_decay, momentum=c.momentum,
         poly_power=c.poly_power, optimizer=c.optimizer, freeze_bn_stats=c.freeze_bn_stats, freeze_stem=c.freeze_stem,
         detach_after_layer2=c.detach_after_layer2)
-    data = classification_data(cfg, layout)
+    data = classification_data(cfg, layout, model.normalization)
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs,
                             callbacks=callbacks)
@@ -50,12 +50,13 @@ def run(cfg, out_dir: Path) -> dict:
             "train_cls/train/images": len(data.train_ids)}
 
 
-def classification_data(cfg, layout) -> ClassificationDataModule:
-    """The image-label data of train_cls and train_recam: the same splits and augmentation."""
+def classification_data(cfg, layout, norm) -> ClassificationDataModule:
+    """The image-label data of train_cls and train_recam: the same splits and augmentation,
+    normalised as the model's trunk wants (`norm`, from the model)."""
     c = cfg.cls
     return ClassificationDataModule(layout, labelled(layout, layout.ids(cfg.dataset.splits.cls_train)),
                                     labelled(layout, layout.ids(cfg.dataset.splits.cls_val)),
-                                    c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size)
+                                    c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size, norm)
 
 
 def labelled(layout, ids) -> list[str]:

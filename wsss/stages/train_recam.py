@@ -41,7 +41,7 @@ def run(cfg, out_dir: Path) -> dict:
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
                             callbacks=callbacks)
-    trainer.fit(model, train_cls.classification_data(cfg, layout), ckpt_path=resume_from,
+    trainer.fit(model, train_cls.classification_data(cfg, layout, model.normalization), ckpt_path=resume_from,
                 weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
@@ -56,7 +56,7 @@ def from_classifier(base, t) -> ReCAMModule:
         num_classes=hp.num_classes, backbone=hp.backbone, weights=None, lr=t.lr, head_lr_mult=t.head_lr_mult,
         sce_lr=t.sce_lr, loss_weight=t.loss_weight, weight_decay=t.weight_decay, momentum=t.momentum,
         poly_power=t.poly_power, optimizer=t.optimizer, freeze_bn_stats=hp.freeze_bn_stats,
-        freeze_stem=hp.freeze_stem, detach_after_layer2=hp.detach_after_layer2)
+        freeze_stem=hp.freeze_stem, detach_after_layer2=hp.detach_after_layer2, mean=hp.mean, std=hp.std)
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("sce_head.") for k in missing), (missing, unexpected)
     return model

@@ -19,7 +19,7 @@ from wsss.models.segmenter import SegmentationModule
 from wsss.stages.make_pseudo import label_file
 from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
 
-VERSION = 1
+VERSION = 2  # 2: the input normalisation in the checkpoint
 STORED = True
 DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 
@@ -44,7 +44,8 @@ def build_model(cfg, num_labels: int) -> SegmentationModule:
     if s.arch != "cls_aspp":
         return SegmentationModule(**hp)
     cls = load_classifier(checkpoint_path(artifacts.require(cfg, "train_cls", "train_seg").path))
-    model = SegmentationModule(**{**hp, "trunk": cls.hparams.backbone, "freeze_bn": cls.hparams.freeze_bn_stats})
+    model = SegmentationModule(**{**hp, "trunk": cls.hparams.backbone, "freeze_bn": cls.hparams.freeze_bn_stats,
+                                  "mean": cls.hparams.mean, "std": cls.hparams.std})
     model.net.backbone.load_state_dict(cls.backbone.state_dict())
     return model
 
@@ -53,13 +54,13 @@ def run(cfg, out_dir: Path) -> dict:
     s = cfg.seg
     layout = open_dataset(cfg)
     labels = artifacts.require(cfg, "make_pseudo", "train_seg").path
+    model = build_model(cfg, layout.num_classes + 1)
     train = SegmentationDataset(layout, layout.ids(s.train_split), partial(label_file, labels), True,
-                                s.scales, s.crop_size)
-    val = SegmentationDataset(layout, layout.ids(s.val_split), layout.mask_path, False)
+                                model.normalization, s.scales, s.crop_size)
+    val = SegmentationDataset(layout, layout.ids(s.val_split), layout.mask_path, False, model.normalization)
     if len(train) < s.batch_size:
         raise UserError(f"seg.train_split={s.train_split} has {len(train)} images, fewer than "
                         f"seg.batch_size={s.batch_size}")
-    model = build_model(cfg, layout.num_classes + 1)
     workers = cfg.num_workers
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_seg", max_steps=s.max_steps, max_epochs=-1,

@@ -4,19 +4,23 @@
   `replace_stride_with_dilation`, which would dilate);
 - optional frozen BN statistics (every BN always normalises with its stored running mean/var;
   γ/β stay trainable), frozen conv1/bn1, and IRN's stop-gradient after layer2.
+Inputs are normalised with the ImageNet mean/std of torchvision's weights.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from wsss.errors import UserError
+from wsss.models.backbones.frozen_bn import freeze_bn_statistics
+from wsss.models.backbones.weights import download_failed, is_none
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_resnet(name: str, weights: str | None) -> nn.Module:
@@ -25,38 +29,39 @@ def build_resnet(name: str, weights: str | None) -> nn.Module:
     torchvision's default initialisation).
     """
     if name not in RESNETS:
-        raise UserError(f"unknown backbone {name!r}; choose one of {RESNETS}")
-    if weights in (None, "none", "random", ""):
+        raise UserError(f"unknown backbone {name!r}; choose one of {RESNETS} or a timm model name")
+    if is_none(weights):
         return getattr(torchvision.models, name)(weights=None)
+    if weights == "packaged":
+        raise UserError(f"cls.weights=packaged: no ImageNet weights for {name} ship with a Python package; use "
+                        "backbone tf_efficientnet_lite0/tf_efficientnet_lite2, or weights imagenet (download)")
     if weights == "imagenet" or weights.isupper():
         enum = torchvision.models.get_model_weights(name)
         chosen = enum.IMAGENET1K_V1 if weights == "imagenet" else enum[weights]
-        return getattr(torchvision.models, name)(weights=chosen)  # downloads on first use
+        try:
+            return getattr(torchvision.models, name)(weights=chosen)  # downloads on first use
+        except OSError as e:  # urllib's URLError is an OSError
+            file = Path(chosen.url).name
+            raise download_failed(f"{name} {chosen}", e, Path(torch.hub.get_dir()) / "checkpoints" / file,
+                                  chosen.url) from e
     path = Path(weights).expanduser()
     if not path.exists():
         raise UserError(f"backbone weights {path} not found; pass 'imagenet', a torchvision "
-                                "weights name, a local .pth state dict, or none")
+                        "weights name, a local .pth state dict, or none")
     net = getattr(torchvision.models, name)(weights=None)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     missing, unexpected = net.load_state_dict(state, strict=False)
     if [k for k in missing if not k.startswith("fc.")] or unexpected:
         raise UserError(f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]})")
+                        f"{unexpected[:3]})")
     return net
 
 
-class FixedStatsBatchNorm2d(nn.BatchNorm2d):
-    """BN that always normalises with its stored running statistics and never updates them,
-    whatever its `training` flag (Lightning restores flags per module, bypassing `train()`).
-    γ and β stay ordinary trainable parameters, as in the references."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-
-
-class Backbone(nn.Module):
+class ResNetTrunk(nn.Module):
     """ResNet trunk returning the stride-16 layer4 features (no pooling, no fc)."""
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, name: str = "resnet50", weights: str | None = None, freeze_bn_stats: bool = True,
                  freeze_stem: bool = True, detach_after_layer2: bool = False):
@@ -70,9 +75,7 @@ class Backbone(nn.Module):
         self.out_channels = net.fc.in_features
         self.detach_after_layer2 = detach_after_layer2
         if freeze_bn_stats:  # algorithms.md §10.2: BN statistics frozen always
-            for m in self.modules():
-                if type(m) is nn.BatchNorm2d:
-                    m.__class__ = FixedStatsBatchNorm2d  # same parameters and buffers, same state dict
+            freeze_bn_statistics(self)
         if freeze_stem:
             for p in list(net.conv1.parameters()) + list(net.bn1.parameters()):
                 p.requires_grad_(False)
