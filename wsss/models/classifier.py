@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.errors import UserError
-from wsss.models.backbones import build_backbone
+from wsss.models.backbones import build_backbone, normalization_lists
 
 
 def poly_lambda(total_steps: int, power: float):
@@ -34,8 +34,7 @@ class ClassifierModule(L.LightningModule):
     def keep_normalization(self, mean, std) -> None:
         """Record the trunk's input normalisation in the hyperparameters, so that it travels in the
         checkpoint and every stage reads it from there (given values win: a checkpoint's own)."""
-        self.hparams.mean = [float(v) for v in (mean if mean is not None else self.backbone.mean)]
-        self.hparams.std = [float(v) for v in (std if std is not None else self.backbone.std)]
+        self.hparams.mean, self.hparams.std = normalization_lists(mean, std, self.backbone)
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -20,7 +20,14 @@ from torch import nn
 
 from wsss.errors import UserError
 from wsss.metrics import IGNORE, scores
-from wsss.models.backbones import IMAGENET_MEAN, IMAGENET_STD, FixedStatsBatchNorm2d, build_backbone, build_resnet
+from wsss.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FixedStatsBatchNorm2d,
+    build_backbone,
+    build_resnet,
+    normalization_lists,
+)
 from wsss.models.classifier import poly_optimizer
 
 MSC_SCALES = (0.5, 0.75)
@@ -166,8 +173,7 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters()
         self.net = build_segmenter(arch, num_classes, weights, freeze_bn, trunk)
         # the network's input normalisation travels in the checkpoint (eval_seg reads it from there)
-        self.hparams.mean = [float(v) for v in (mean if mean is not None else self.net.mean)]
-        self.hparams.std = [float(v) for v in (std if std is not None else self.net.std)]
+        self.hparams.mean, self.hparams.std = normalization_lists(mean, std, self.net)
         self._confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
 
     @property

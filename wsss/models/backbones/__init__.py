@@ -14,7 +14,7 @@ from wsss.models.backbones.resnet import IMAGENET_MEAN, IMAGENET_STD, RESNETS, R
 from wsss.models.backbones.timm_trunk import TimmTrunk
 
 __all__ = ["FixedStatsBatchNorm2d", "IMAGENET_MEAN", "IMAGENET_STD", "RESNETS", "build_backbone", "build_resnet",
-           "freeze_bn_statistics"]
+           "freeze_bn_statistics", "normalization_lists"]
 
 
 def build_backbone(name: str = "resnet50", weights=None, freeze_bn_stats: bool = True, freeze_stem: bool = True,
@@ -22,3 +22,10 @@ def build_backbone(name: str = "resnet50", weights=None, freeze_bn_stats: bool =
     """The trunk `name` (ResNet or timm) with `weights` (packaged | imagenet | a file | none)."""
     trunk = ResNetTrunk if name in RESNETS else TimmTrunk
     return trunk(name, weights, freeze_bn_stats, freeze_stem, detach_after_layer2)
+
+
+def normalization_lists(mean, std, net: nn.Module) -> tuple[list[float], list[float]]:
+    """(mean, std) as plain lists for a checkpoint's hyperparameters: the given values (a checkpoint's
+    own, when it is rebuilt) or else the network's."""
+    return ([float(v) for v in (mean if mean is not None else net.mean)],
+            [float(v) for v in (std if std is not None else net.std)])
