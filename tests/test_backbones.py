@@ -100,12 +100,18 @@ def test_timm_frozen_bn_and_stem_and_detach():
     assert any(p.grad is not None for p in cut.net.blocks[3].parameters())
 
 
-def test_freezing_keeps_the_state_dict():
-    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+def test_freezing_keeps_the_state_dict_and_pickles():
+    import pickle
+
+    from timm.layers import BatchNormAct2d
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), BatchNormAct2d(4))
     keys = list(net.state_dict())
-    assert freeze_bn_statistics(net) == 1 and list(net.state_dict()) == keys
+    assert freeze_bn_statistics(net) == 2 and list(net.state_dict()) == keys
     net.train()
-    assert not net[1].training and net.training
+    assert not net[1].training and not net[2].training and net.training
+    copy = pickle.loads(pickle.dumps(net))  # e.g. for spawned worker processes
+    assert type(copy[2]) is type(net[2]) and not copy[2].training
 
 
 def test_normalisation_round_trips_through_checkpoints(tmp_path):

@@ -36,7 +36,8 @@ def frozen_class(cls: type) -> type:
     if issubclass(cls, FixedStats):
         return cls
     if cls not in _FROZEN:
-        _FROZEN[cls] = type(f"FixedStats{cls.__name__}", (FixedStats, cls), {"__module__": __name__})
+        name = f"FixedStats{cls.__name__}"
+        _FROZEN[cls] = globals()[name] = type(name, (FixedStats, cls), {"__module__": __name__})  # picklable by name
     return _FROZEN[cls]
 
 
