@@ -31,10 +31,10 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
 
 class ChannelsLast(L.Callback):
     """Puts the module's 4-D weights in channels-last memory order before training: convolutions then
-    run in NHWC, faster for depthwise convs on CPU (scripts/benchmark.py trunk: EfficientNet-Lite0 train
-    step ×1.7 at 256²) and for tensor cores on GPU. Training only: its crops have one size, while
-    inference sees a new size per image, where NHWC was not measured to help. Values and state-dict
-    keys are unchanged; only the memory layout differs."""
+    run in NHWC, faster on CPU (`scripts/benchmark.py trunk --size 256`, 2 cores, one run: train step
+    ×1.40 for EfficientNet-Lite0, ×1.20 for ResNet-18) and the layout tensor cores want on GPU. Training
+    only: its crops have one size, while inference sees a new size per image, which that benchmark (one
+    repeated shape) does not measure. Values and state-dict keys are unchanged; only the layout differs."""
 
     def setup(self, trainer, pl_module, stage):
         import torch
