@@ -25,6 +25,7 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
         assert f"eval_cam/train/{key}" in metrics
     assert 0 <= metrics["eval_cam/train/miou"] <= metrics["eval_cam/train/miou_best"] <= 100
     assert metrics["eval_cam/train/threshold"] == 0.15
+    assert 0 < metrics["train_cls/probe/loss"] < 1  # cls=lite0 starts from a linear probe of the head
     for suffix in ("", "_best"):  # the error split: percent of scored pixels
         errors = sum(metrics[f"eval_cam/train/error_{k}{suffix}"] for k in ("bg_as_fg", "fg_as_bg", "confusion"))
         assert 0 <= errors <= 100
@@ -106,6 +107,25 @@ def test_recam_stage_and_maps(tiny_cfg, tmp_path):
     assert norm == ((0.5,) * 3, (0.5,) * 3)  # EfficientNet-Lite's normalisation, from the checkpoint
     model = load_checkpoint(recam.path / "model.ckpt", ReCAMModule)
     assert torch.equal(weights, model.classifier.weight.flatten(1) * model.sce_head.weight.flatten(1))
+
+
+def test_recam_sce_head_from_a_probe(tiny_cfg):
+    """cam.train.sce_init=probe: the SCE head starts as the softmax probe of the frozen trunk's masked
+    class features (no fine-tuning here: 0 epochs, so the checkpoint holds the probe itself)."""
+    from wsss.data import open_dataset
+    from wsss.models.linear_probe import fit_softmax_head, masked_class_rows
+    from wsss.stages.train_cls import probe_loader
+
+    cfg = tiny_cfg("cam=recam", "stages=[train_cls,train_recam]", "cam.train.sce_init=probe", "cam.train.epochs=0")
+    metrics = run_pipeline(cfg)
+    assert 0 < metrics["train_recam/probe/sce"] < 10
+    model = load_checkpoint(artifacts.locate(cfg, "train_recam").path / "model.ckpt", ReCAMModule)
+    layout = open_dataset(cfg)
+    ids = [i for i in layout.ids(cfg.dataset.splits.cls_train) if layout.labels(i).any()]
+    rows, targets = masked_class_rows(model.backbone, model.classifier.weight.flatten(1),
+                                      probe_loader(cfg, layout, ids, model.normalization))
+    expected, _ = fit_softmax_head(rows, targets, layout.num_classes)
+    assert torch.allclose(model.sce_head.weight.flatten(1), expected, atol=1e-5)
 
 
 def test_train_recam_does_nothing_for_cam(tiny_cfg):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.data.transforms import multiscale_views, normalize, seg_train_view, to_chw, top_left_pad, train_view
+from wsss.data.transforms import multiscale_views, normalize, rescale, seg_train_view, to_chw, top_left_pad, train_view
 from wsss.data.voc import VOCLayout
 from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb
@@ -35,6 +35,24 @@ class ClassificationDataset(Dataset):
         if self.train:
             return train_view(image, self.long_range, self.crop, item_rng(), self.norm), label
         return to_chw(top_left_pad(normalize(image, self.norm), self.crop)), label
+
+
+class ResizedDataset(Dataset):
+    """(image tensor [3,h,w], multi-hot label): each image resized to one long side, no crop, no flip.
+    Deterministic views for the head's linear probe (wsss/models/linear_probe.py): every DDP rank
+    computes the same features, hence the same head."""
+
+    def __init__(self, layout: VOCLayout, ids, long_side: int, norm):
+        self.layout, self.ids, self.long_side, self.norm = layout, list(ids), int(long_side), norm
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img_id = self.ids[i]
+        image = load_rgb(self.layout.image_path(img_id))
+        x = normalize(rescale(image, self.long_side / max(image.shape[:2])), self.norm)
+        return to_chw(x)[None], torch.from_numpy(self.layout.labels(img_id))[None]
 
 
 class SegmentationDataset(Dataset):

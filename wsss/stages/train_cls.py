@@ -9,9 +9,12 @@ import logging
 from pathlib import Path
 
 from wsss.data import dataset_identity, open_dataset
-from wsss.data.datasets import ClassificationDataModule
+from torch.utils.data import DataLoader
+
+from wsss.data.datasets import ClassificationDataModule, ResizedDataset, single_item
 from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
+from wsss.models.linear_probe import probe_head
 from wsss.training import build_trainer, drop_resume_state, logged, plain, resumable, save_checkpoint
 
 VERSION = 3  # 2: frozen BN statistics really frozen under Lightning; 3: normalisation in the checkpoint
@@ -40,13 +43,20 @@ def run(cfg, out_dir: Path) -> dict:
         detach_after_layer2=c.detach_after_layer2)
     data = classification_data(cfg, layout, model.normalization)
     callbacks, resume_from = resumable(cfg, out_dir)
+    probed = {}
+    if c.head_init == "probe" and resume_from is None:  # a resumed fit has its head in the checkpoint
+        probed["train_cls/probe/loss"] = probe_head(model, probe_loader(cfg, layout, data.train_ids, model.normalization))
+        log.info("train_cls: head initialised by a linear probe of the frozen trunk (loss %.3f)",
+                 probed["train_cls/probe/loss"])
+    elif c.head_init not in ("probe", "random"):
+        raise UserError(f"cls.head_init={c.head_init!r}: choose probe or random")
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs,
                             callbacks=callbacks)
     trainer.fit(model, data, ckpt_path=resume_from,
                 weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
-    return {**logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
+    return {**probed, **logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
             "train_cls/train/images": len(data.train_ids)}
 
 
@@ -57,6 +67,13 @@ def classification_data(cfg, layout, norm) -> ClassificationDataModule:
     return ClassificationDataModule(layout, labelled(layout, layout.ids(cfg.dataset.splits.cls_train)),
                                     labelled(layout, layout.ids(cfg.dataset.splits.cls_val)),
                                     c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size, norm)
+
+
+def probe_loader(cfg, layout, ids, norm) -> DataLoader:
+    """The linear probe's images: each at the middle of the training long-side range, whole."""
+    long_side = round(sum(cfg.cls.resize_long) / 2)
+    return DataLoader(ResizedDataset(layout, ids, long_side, norm), batch_size=1, collate_fn=single_item,
+                      num_workers=cfg.num_workers)
 
 
 def labelled(layout, ids) -> list[str]:

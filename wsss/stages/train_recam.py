@@ -12,7 +12,9 @@ from pathlib import Path
 
 from wsss import artifacts
 from wsss.data import open_dataset
+from wsss.errors import UserError
 from wsss.models.classifier import load_classifier
+from wsss.models.linear_probe import probe_sce_head
 from wsss.models.recam import ReCAMModule
 from wsss.stages import train_cls
 from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
@@ -39,13 +41,20 @@ def run(cfg, out_dir: Path) -> dict:
     base = load_classifier(checkpoint_path(artifacts.require(cfg, "train_cls", "train_recam").path))
     model = from_classifier(base, cfg.cam.train)
     callbacks, resume_from = resumable(cfg, out_dir)
+    data = train_cls.classification_data(cfg, layout, model.normalization)
+    probed = {}
+    sce_init = cfg.cam.train.get("sce_init", "random")
+    if sce_init == "probe" and resume_from is None:  # a resumed fit has its SCE head in the checkpoint
+        probed["train_recam/probe/sce"] = probe_sce_head(
+            model, train_cls.probe_loader(cfg, layout, data.train_ids, model.normalization))
+    elif sce_init not in ("probe", "random"):
+        raise UserError(f"cam.train.sce_init={sce_init!r}: choose probe or random")
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
                             callbacks=callbacks)
-    trainer.fit(model, train_cls.classification_data(cfg, layout, model.normalization), ckpt_path=resume_from,
-                weights_only=True)
+    trainer.fit(model, data, ckpt_path=resume_from, weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
-    return logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
+    return probed | logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
                             "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
 
 
