@@ -87,3 +87,6 @@ def test_the_softmax_probe_of_masked_class_rows():
     feats = torch.rand(40, 6, generator=g) * 0.3 + torch.nn.functional.one_hot(targets, 6).float()
     w, loss = fit_softmax_head(feats, targets, 3)
     assert w.shape == (3, 6) and loss < 0.3 and torch.equal((feats @ w.T).argmax(1), targets)
+    # centred over the classes (the softmax-invariant direction removed), as SGD from zero keeps it
+    assert torch.allclose(w.sum(0), torch.zeros(6), atol=1e-5)
+    assert abs(loss - float(torch.nn.functional.cross_entropy(feats @ w.T, targets))) < 1e-6
