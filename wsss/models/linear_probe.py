@@ -14,25 +14,48 @@ noise and seeds. `cls.head_init: random` gives the reference behaviour.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 
+@contextmanager
+def eval_mode(module: nn.Module):
+    """The module in eval mode inside the block, its own mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def adam_fit(loss_of, shape, steps: int, lr: float, weight_decay: float) -> tuple[torch.Tensor, float]:
+    """Full-batch Adam from zero weights of `shape` on `loss_of(weights)`: (weights, final loss)."""
+    weights = torch.zeros(*shape, requires_grad=True)
+    opt = torch.optim.Adam([weights], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = loss_of(weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return weights.detach(), float(loss_of(weights))
+
+
 @torch.no_grad()
 def pooled_features(backbone: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """([N, D] global-average-pooled trunk features, [N, C] labels) of (images [B,3,h,w], labels [B,C])
     batches, the trunk in eval mode (streamed: one batch in memory at a time)."""
-    was_training = backbone.training
-    backbone.eval()
     feats, labels = [], []
-    try:
+    with eval_mode(backbone):
         for x, y in batches:
             feats.append(backbone(x).mean((2, 3)))
             labels.append(y)
-    finally:
-        backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -42,17 +65,8 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, steps: int = 3
     the training stage's loss (multilabel soft margin), full-batch Adam from zero, L2 weight decay.
     Returns the weights and the final loss. Deterministic: no sampling."""
     feats, y = features.float(), labels.float()
-    weights = torch.zeros(y.shape[1], feats.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([weights], lr=lr, weight_decay=weight_decay)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.multilabel_soft_margin_loss(feats @ weights.T, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        final = float(F.multilabel_soft_margin_loss(feats @ weights.T, y))
-    return weights.detach(), final
+    return adam_fit(lambda w: F.multilabel_soft_margin_loss(feats @ w.T, y), (y.shape[1], feats.shape[1]),
+                    steps, lr, weight_decay)
 
 
 def probe_head(model, loader, steps: int = 300) -> float:
@@ -71,17 +85,13 @@ def masked_class_rows(backbone: nn.Module, w_bce: torch.Tensor, batches) -> tupl
     (image, present class): ([M, D] features, [M] class indices)."""
     from wsss.models.recam import masked_class_features
 
-    was_training = backbone.training
-    backbone.eval()
     rows, targets = [], []
-    try:
+    with eval_mode(backbone):
         for x, y in batches:
             f = masked_class_features(backbone(x), w_bce)  # [B, C, D]
             b, c = torch.nonzero(y > 0, as_tuple=True)
             rows.append(f[b, c])
             targets.append(c)
-    finally:
-        backbone.train(was_training)
     return torch.cat(rows), torch.cat(targets)
 
 
@@ -98,18 +108,10 @@ def fit_softmax_head(features: torch.Tensor, targets: torch.Tensor, num_classes:
     does: on voc530 the uncentred probe gave seeds of 31.1 / 37.5 (τ 0.21 / best) against CAM's 36.2 / 40.1,
     while the same checkpoint's W_bce alone scored as CAM (38.0 / 38.0 at one scale vs 37.3 / 38.0)."""
     feats = features.float()
-    weights = torch.zeros(num_classes, feats.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([weights], lr=lr, weight_decay=weight_decay)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.cross_entropy(feats @ weights.T, targets)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        weights = weights - weights.mean(0, keepdim=True)
-        final = float(F.cross_entropy(feats @ weights.T, targets))
-    return weights.detach(), final
+    weights, _ = adam_fit(lambda w: F.cross_entropy(feats @ w.T, targets), (num_classes, feats.shape[1]),
+                          steps, lr, weight_decay)
+    weights = weights - weights.mean(0, keepdim=True)
+    return weights, float(F.cross_entropy(feats @ weights.T, targets))
 
 
 def probe_sce_head(model, loader, steps: int = 300) -> float:
