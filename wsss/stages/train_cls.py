@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from wsss.data import dataset_identity, open_dataset
 from torch.utils.data import DataLoader
 
+from wsss.data import dataset_identity, open_dataset
 from wsss.data.datasets import ClassificationDataModule, ResizedDataset, single_item
 from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
