@@ -106,3 +106,16 @@ def test_hydra_launchers_compose(launcher):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+@pytest.mark.parametrize("dataset,method", [("voc12", "cam"), ("voc12", "recam"), ("synthetic", "cam"),
+                                            ("synthetic", "recam")])
+def test_stated_threshold_and_scales_come_from_the_dataset(tmp_path, dataset, method):
+    cfg = compose_cfg(tmp_path, f"dataset={dataset}", f"cam={method}", "dataset.root=/data/voc")
+    assert cfg.cam.threshold == cfg.dataset.seeds.threshold[method]
+    assert list(cfg.cam.scales) == list(cfg.dataset.seeds.scales)
+    if dataset == "voc12":  # the references' values (algorithms.md §3-4)
+        assert cfg.cam.threshold == {"cam": 0.15, "recam": 0.21}[method]
+        assert list(cfg.cam.scales) == [1.0, 0.5, 1.5, 2.0]
+    cfg = compose_cfg(tmp_path, f"dataset={dataset}", f"cam={method}", "cam.threshold=0.3", "cam.scales=[1.0]")
+    assert cfg.cam.threshold == 0.3 and list(cfg.cam.scales) == [1.0]
