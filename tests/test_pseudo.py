@@ -100,8 +100,9 @@ def test_make_pseudo_stage_resumes_and_scores(tiny_cfg, tmp_path):
     for key in ("miou", "miou_255_ignored", "ignore_pct", "threshold", "iou/background", "iou_255_ignored/background"):
         assert f"make_pseudo/train/{key}" in metrics
     assert 0 < metrics["make_pseudo/train/ignore_pct"] < 100  # the IR-label CRF leaves unsure pixels
-    assert metrics["make_pseudo/fg_threshold"] == pytest.approx(0.30)
-    assert metrics["make_pseudo/bg_threshold"] == pytest.approx(0.05)
+    tau = cfg.dataset.seeds.threshold.cam  # the data's stated τ; IR labels at τ + 0.15 / τ − 0.10 (IRN's 0.30 / 0.05 at 0.15)
+    assert metrics["make_pseudo/fg_threshold"] == pytest.approx(tau + 0.15)
+    assert metrics["make_pseudo/bg_threshold"] == pytest.approx(tau - 0.10)
     assert metrics["protocol/make_pseudo/refine"] == "crf-label"
     assert len(artifact_files(out / "overlays", "*.png")) == 6
     png = label_file(out, ids[0])

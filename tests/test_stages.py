@@ -24,7 +24,7 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
     for key in ("miou", "threshold", "miou_best", "threshold_best"):
         assert f"eval_cam/train/{key}" in metrics
     assert 0 <= metrics["eval_cam/train/miou"] <= metrics["eval_cam/train/miou_best"] <= 100
-    assert metrics["eval_cam/train/threshold"] == 0.15
+    assert metrics["eval_cam/train/threshold"] == cfg.dataset.seeds.threshold.cam == 0.63  # the synthetic data's
     assert 0 < metrics["train_cls/probe/loss"] < 1  # cls=lite0 starts from a linear probe of the head
     for suffix in ("", "_best"):  # the error split: percent of scored pixels
         errors = sum(metrics[f"eval_cam/train/error_{k}{suffix}"] for k in ("bg_as_fg", "fg_as_bg", "confusion"))
@@ -52,7 +52,7 @@ def test_train_cls_make_cam_eval_cam(tiny_cfg, tmp_path, capsys):
     run = tmp_path / "run" / "eval_cam"
     assert (run / "curve.png").exists() and len(artifact_files(run / "overlays", "*.png")) == 6
     curve = json.loads((run / "curve.json").read_text())
-    assert len(curve["thresholds"]) == 56 and max(curve["miou"]) == metrics["eval_cam/train/miou_best"]
+    assert len(curve["thresholds"]) == 91 and max(curve["miou"]) == metrics["eval_cam/train/miou_best"]
 
 
 def test_artifacts_are_reused_and_force_recomputes(tiny_cfg, tmp_path, capsys):
