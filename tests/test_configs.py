@@ -119,3 +119,17 @@ def test_stated_threshold_and_scales_come_from_the_dataset(tmp_path, dataset, me
         assert list(cfg.cam.scales) == [1.0, 0.5, 1.5, 2.0]
     cfg = compose_cfg(tmp_path, f"dataset={dataset}", f"cam={method}", "cam.threshold=0.3", "cam.scales=[1.0]")
     assert cfg.cam.threshold == 0.3 and list(cfg.cam.scales) == [1.0]
+
+
+def test_ir_label_offsets_come_from_the_dataset_and_voc_small_pins_its_calibration(tmp_path):
+    cfg = compose_cfg(tmp_path, "dataset=voc12", "refine=crf", "dataset.root=/data/voc")
+    assert (cfg.refine.fg_offset, cfg.refine.bg_offset) == (0.15, 0.10)  # IRN's 0.30 / 0.05 at τ 0.15
+    for method, tau in (("cam", 0.34), ("recam", 0.43)):
+        cfg = compose_cfg(tmp_path, "experiment=voc_small", f"cam={method}", "refine=crf", "dataset.root=/data/voc")
+        assert cfg.cam.threshold == tau and list(cfg.cam.scales) == [1.0, 0.5, 1.5]
+        assert (cfg.refine.fg_offset, cfg.refine.bg_offset) == (0.0, 0.10)
+    t = cfg.cam.train
+    assert (t.sce_init, t.sce_init_steps, t.optimizer, t.momentum, t.epochs) == ("sgd", 2644, "sgd", 1e-4, 4)
+    cfg = compose_cfg(tmp_path, "experiment=voc_small", "refine=crf", "refine.fg_threshold=0.3",
+                      "dataset.root=/data/voc")
+    assert cfg.refine.fg_threshold == 0.3  # absolute thresholds still win

@@ -77,8 +77,8 @@ def test_the_softmax_probe_of_masked_class_rows():
     x = torch.rand(2, 4, 2, 2, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     w_bce = torch.eye(3, 4)
-    rows, targets = masked_class_rows(PoolMe(), w_bce, [(x, labels)])
-    assert targets.tolist() == [0, 2, 1]  # one row per (image, present class), in order
+    rows, targets, images = masked_class_rows(PoolMe(), w_bce, [(x[:1], labels[:1]), (x[1:], labels[1:])])
+    assert targets.tolist() == [0, 2, 1] and images.tolist() == [0, 0, 1]  # one row per (image, present class)
     full = masked_class_features(x, w_bce)
     assert torch.allclose(rows, torch.stack([full[0, 0], full[0, 2], full[1, 1]]))
     # separable rows: the probe predicts every row's class
@@ -90,3 +90,44 @@ def test_the_softmax_probe_of_masked_class_rows():
     # centred over the classes (the softmax-invariant direction removed), as SGD from zero keeps it
     assert torch.allclose(w.sum(0), torch.zeros(6), atol=1e-5)
     assert abs(loss - float(torch.nn.functional.cross_entropy(feats @ w.T, targets))) < 1e-6
+
+
+def _separable_rows(n_images=24, d=6, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, 3, (n_images * 2,), generator=g)
+    rows = torch.rand(len(targets), d, generator=g) * 0.3 + torch.nn.functional.one_hot(targets, d).float()
+    return rows, targets, torch.arange(n_images).repeat_interleave(2)
+
+
+def test_sgd_replay_starts_from_the_conv_init_and_takes_reference_sgd_steps():
+    from wsss.models.linear_probe import replay_sce_sgd
+    from wsss.models.recam import per_image_mean_ce
+
+    rows, targets, images = _separable_rows()
+    w0, _, _ = replay_sce_sgd(rows, targets, images, 3, steps=1, lr=0.0, momentum=0.0, weight_decay=0.0,
+                              poly_power=0.9, seed=5)
+    init = torch.empty(3, 6, 1, 1)
+    torch.nn.init.kaiming_uniform_(init, a=5 ** 0.5, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(w0, init.flatten(1)) and w0.abs().max() <= 6 ** -0.5  # nn.Conv2d's U(±1/√D)
+    # one step over one batch holding every image: w1 = w0 − lr·∇(per-image mean CE), by hand
+    w1, _, _ = replay_sce_sgd(rows, targets, images, 3, steps=1, lr=0.5, momentum=0.0, weight_decay=0.0,
+                              poly_power=0.9, batch_size=24, seed=5)
+    w = w0.clone().requires_grad_(True)
+    per_image_mean_ce(rows @ w.T, targets, images, 24).backward()
+    torch.testing.assert_close(w1, w0 - 0.5 * w.grad)
+
+
+def test_sgd_replay_learns_separable_rows_and_keeps_the_class_sum():
+    from wsss.models.linear_probe import replay_sce_sgd
+
+    rows, targets, images = _separable_rows()
+    w, loss, acc = replay_sce_sgd(rows, targets, images, 3, steps=300, lr=1.0, momentum=1e-4, weight_decay=0.0,
+                                  poly_power=0.9, batch_size=4, seed=0)
+    assert acc == 1.0 and loss < 0.3
+    again, _, _ = replay_sce_sgd(rows, targets, images, 3, steps=300, lr=1.0, momentum=1e-4, weight_decay=0.0,
+                                 poly_power=0.9, batch_size=4, seed=0)
+    assert torch.equal(w, again)  # deterministic for a seed (DDP ranks agree)
+    init, _, _ = replay_sce_sgd(rows, targets, images, 3, steps=1, lr=0.0, momentum=0.0, weight_decay=0.0,
+                                poly_power=0.9, seed=0)
+    # the CE gradients of a row sum to zero over the classes: SGD leaves Σ_k w_k where the init put it
+    torch.testing.assert_close(w.sum(0), init.sum(0), atol=1e-5, rtol=0)

@@ -122,9 +122,31 @@ def test_recam_sce_head_from_a_probe(tiny_cfg):
     model = load_checkpoint(artifacts.locate(cfg, "train_recam").path / "model.ckpt", ReCAMModule)
     layout = open_dataset(cfg)
     ids = [i for i in layout.ids(cfg.dataset.splits.cls_train) if layout.labels(i).any()]
-    rows, targets = masked_class_rows(model.backbone, model.classifier.weight.flatten(1),
+    rows, targets, _ = masked_class_rows(model.backbone, model.classifier.weight.flatten(1),
                                       probe_loader(cfg, layout, ids, model.normalization))
     expected, _ = fit_softmax_head(rows, targets, layout.num_classes)
+    assert torch.allclose(model.sce_head.weight.flatten(1), expected, atol=1e-5)
+
+
+def test_recam_sce_head_from_the_reference_sgd_schedule(tiny_cfg):
+    """cam.train.sce_init=sgd: the SCE head starts as the reference's SGD schedule replayed on the frozen
+    trunk's masked class features (0 fine-tuning epochs: the checkpoint holds that head)."""
+    from wsss.data import open_dataset
+    from wsss.models.linear_probe import masked_class_rows, replay_sce_sgd
+    from wsss.stages.train_cls import probe_loader
+
+    cfg = tiny_cfg("cam=recam", "stages=[train_cls,train_recam]", "cam.train.sce_init=sgd",
+                   "cam.train.sce_init_steps=40", "cam.train.epochs=0")
+    metrics = run_pipeline(cfg)
+    assert 0 < metrics["train_recam/probe/sce"] < 10 and 0 <= metrics["train_recam/probe/sce_acc"] <= 1
+    model = load_checkpoint(artifacts.locate(cfg, "train_recam").path / "model.ckpt", ReCAMModule)
+    layout = open_dataset(cfg)
+    ids = [i for i in layout.ids(cfg.dataset.splits.cls_train) if layout.labels(i).any()]
+    rows, targets, images = masked_class_rows(model.backbone, model.classifier.weight.flatten(1),
+                                              probe_loader(cfg, layout, ids, model.normalization))
+    t = cfg.cam.train
+    expected, _, _ = replay_sce_sgd(rows, targets, images, layout.num_classes, 40, t.sce_lr, t.momentum,
+                                    t.weight_decay, t.poly_power, cfg.cls.batch_size, cfg.seed)
     assert torch.allclose(model.sce_head.weight.flatten(1), expected, atol=1e-5)
 
 

@@ -14,6 +14,7 @@ noise and seeds. `cls.head_init: random` gives the reference behaviour.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -80,19 +81,21 @@ def probe_head(model, loader, steps: int = 300) -> float:
 
 
 @torch.no_grad()
-def masked_class_rows(backbone: nn.Module, w_bce: torch.Tensor, batches) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_class_rows(backbone: nn.Module, w_bce: torch.Tensor, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ReCAM's CAM-masked class features (recam.masked_class_features) of the frozen trunk, one row per
-    (image, present class): ([M, D] features, [M] class indices)."""
+    (image, present class): ([M, D] features, [M] class indices, [M] image indices in batch order)."""
     from wsss.models.recam import masked_class_features
 
-    rows, targets = [], []
+    rows, targets, images, seen = [], [], [], 0
     with eval_mode(backbone):
         for x, y in batches:
             f = masked_class_features(backbone(x), w_bce)  # [B, C, D]
             b, c = torch.nonzero(y > 0, as_tuple=True)
             rows.append(f[b, c])
             targets.append(c)
-    return torch.cat(rows), torch.cat(targets)
+            images.append(b + seen)
+            seen += len(x)
+    return torch.cat(rows), torch.cat(targets), torch.cat(images)
 
 
 def fit_softmax_head(features: torch.Tensor, targets: torch.Tensor, num_classes: int, steps: int = 300,
@@ -118,8 +121,60 @@ def probe_sce_head(model, loader, steps: int = 300) -> float:
     """Set a ReCAMModule's `sce_head` to the softmax probe of its frozen trunk's masked class features
     (masks from its current W_bce); returns the probe's training loss."""
     w_bce = model.classifier.weight.flatten(1).detach()
-    rows, targets = masked_class_rows(model.backbone, w_bce, tqdm(loader, desc="train_recam: probe of the SCE head"))
+    rows, targets, _ = masked_class_rows(model.backbone, w_bce, tqdm(loader, desc="train_recam: probe of the SCE head"))
     weights, loss = fit_softmax_head(rows, targets, w_bce.shape[0], steps=steps)
     with torch.no_grad():
         model.sce_head.weight.copy_(weights[:, :, None, None])
     return loss
+
+
+def replay_sce_sgd(rows: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, num_classes: int, steps: int,
+                   lr: float, momentum: float, weight_decay: float, poly_power: float, batch_size: int = 16,
+                   seed: int = 0) -> tuple[torch.Tensor, float, float]:
+    """ReCAM's SCE head trained the way the reference trains it, on fixed masked class rows: the bias-free
+    1×1 conv's default init (kaiming-uniform, a = √5), SGD with the recipe's momentum and L2 weight decay,
+    the poly schedule over `steps`, batches of `batch_size` images (shuffled each pass, the last partial
+    batch dropped) and the per-image mean CE of `recam.sce_loss`. Deterministic for a seed.
+    Returns (weights [C, D], loss over all rows, accuracy over all rows)."""
+    from wsss.models.recam import per_image_mean_ce
+
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.empty(num_classes, rows.shape[1], 1, 1)
+    nn.init.kaiming_uniform_(weights, a=math.sqrt(5), generator=g)  # nn.Conv2d's own init
+    weights = weights.flatten(1).requires_grad_(True)
+    opt = torch.optim.SGD([weights], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - min(t, steps - 1) / steps) ** poly_power)
+    owners = torch.unique(images)  # images with at least one present class
+    per_pass = max(len(owners) // batch_size, 1)
+    rows = rows.float()
+    with torch.enable_grad():
+        for t in range(steps):
+            if t % per_pass == 0:
+                order = owners[torch.randperm(len(owners), generator=g)]
+            chosen = order[(t % per_pass) * batch_size:(t % per_pass + 1) * batch_size]
+            picked = torch.isin(images, chosen)
+            _, local = torch.unique(images[picked], return_inverse=True)
+            loss = per_image_mean_ce(rows[picked] @ weights.T, targets[picked], local, len(chosen))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        logits = rows @ weights.T
+        return (weights.detach(), float(F.cross_entropy(logits, targets)),
+                float((logits.argmax(1) == targets).float().mean()))
+
+
+def sgd_sce_head(model, loader, steps: int, lr: float, momentum: float, weight_decay: float, poly_power: float,
+                 batch_size: int, seed: int) -> tuple[float, float]:
+    """Set a ReCAMModule's `sce_head` to `replay_sce_sgd` on its frozen trunk's masked class features (masks
+    from its current W_bce): the reference's SCE schedule, replayed before a fine-tuning too short to hold it.
+    Returns the head's (loss, accuracy) on those rows."""
+    w_bce = model.classifier.weight.flatten(1).detach()
+    rows, targets, images = masked_class_rows(
+        model.backbone, w_bce, tqdm(loader, desc="train_recam: SCE head, reference SGD schedule"))
+    weights, loss, acc = replay_sce_sgd(rows, targets, images, w_bce.shape[0], steps, lr, momentum, weight_decay,
+                                        poly_power, batch_size, seed)
+    with torch.no_grad():
+        model.sce_head.weight.copy_(weights[:, :, None, None])
+    return loss, acc

@@ -30,13 +30,19 @@ def sce_loss(class_features: torch.Tensor, w_sce: torch.Tensor, labels: torch.Te
     b_idx, c_idx = torch.nonzero(labels > 0, as_tuple=True)
     if b_idx.numel() == 0:
         return logits.sum() * 0, torch.tensor(float("nan"))
-    ce = F.cross_entropy(logits[b_idx, c_idx], c_idx, reduction="none")  # one per (b, present c)
-    per_image = torch.zeros(labels.shape[0], device=ce.device).index_add_(0, b_idx, ce)
-    counts = torch.bincount(b_idx, minlength=labels.shape[0])
-    has = counts > 0
-    loss = (per_image[has] / counts[has]).mean()
+    loss = per_image_mean_ce(logits[b_idx, c_idx], c_idx, b_idx, labels.shape[0])
     acc = (logits[b_idx, c_idx].argmax(-1) == c_idx).float().mean()
     return loss, acc
+
+
+def per_image_mean_ce(logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, num_images: int):
+    """SCE over rows [M, C] with class targets [M] from images [M] (indices < num_images): the CE averaged
+    over each image's rows, then over the images that have rows (the reference's loss / batch size)."""
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    per_image = torch.zeros(num_images, device=ce.device).index_add_(0, images, ce)
+    counts = torch.bincount(images, minlength=num_images)
+    has = counts > 0
+    return (per_image[has] / counts[has]).mean()
 
 
 class ReCAMModule(ClassifierModule):

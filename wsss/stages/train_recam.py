@@ -14,7 +14,7 @@ from wsss import artifacts
 from wsss.data import open_dataset
 from wsss.errors import UserError
 from wsss.models.classifier import load_classifier
-from wsss.models.linear_probe import probe_sce_head
+from wsss.models.linear_probe import probe_sce_head, sgd_sce_head
 from wsss.models.recam import ReCAMModule
 from wsss.stages import train_cls
 from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
@@ -44,11 +44,10 @@ def run(cfg, out_dir: Path) -> dict:
     data = train_cls.classification_data(cfg, layout, model.normalization)
     probed = {}
     sce_init = cfg.cam.train.get("sce_init", "random")
-    if sce_init == "probe" and resume_from is None:  # a resumed fit has its SCE head in the checkpoint
-        probed["train_recam/probe/sce"] = probe_sce_head(
-            model, train_cls.probe_loader(cfg, layout, data.train_ids, model.normalization))
-    elif sce_init not in ("probe", "random"):
-        raise UserError(f"cam.train.sce_init={sce_init!r}: choose probe or random")
+    if sce_init not in ("probe", "sgd", "random"):
+        raise UserError(f"cam.train.sce_init={sce_init!r}: choose random, sgd or probe")
+    if sce_init != "random" and resume_from is None:  # a resumed fit has its SCE head in the checkpoint
+        probed = init_sce_head(cfg, model, train_cls.probe_loader(cfg, layout, data.train_ids, model.normalization))
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
                             callbacks=callbacks)
     trainer.fit(model, data, ckpt_path=resume_from, weights_only=True)
@@ -56,6 +55,20 @@ def run(cfg, out_dir: Path) -> dict:
     drop_resume_state(out_dir)
     return probed | logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
                             "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
+
+
+def init_sce_head(cfg, model, loader) -> dict:
+    """The SCE head before fine-tuning, fitted on the frozen trunk's masked class features: `sgd` replays
+    the reference's SCE schedule (its init, SGD recipe and `sce_init_steps` steps, at `sce_lr`); `probe`
+    is a full-batch Adam fit, centred. Both exist because a few hundred images give ~125 fine-tuning
+    steps, against the reference's 2,644, too few to train the head from its random init (README, ReCAM)."""
+    t = cfg.cam.train
+    if t.sce_init == "probe":
+        return {"train_recam/probe/sce": probe_sce_head(model, loader)}
+    loss, acc = sgd_sce_head(model, loader, steps=t.sce_init_steps, lr=t.sce_lr, momentum=t.momentum,
+                             weight_decay=t.weight_decay, poly_power=t.poly_power, batch_size=cfg.cls.batch_size,
+                             seed=cfg.seed)
+    return {"train_recam/probe/sce": loss, "train_recam/probe/sce_acc": acc}
 
 
 def from_classifier(base, t) -> ReCAMModule:
