@@ -52,7 +52,7 @@ def test_probe_head_sets_the_bias_free_head():
     feats, labels = separable_problem(d=8)
     model = ClassifierModule(num_classes=3, backbone="resnet18")
     model.backbone, model.classifier = PoolMe(), nn.Conv2d(8, 3, 1, bias=False)
-    batches = [(f[None, :, None, None].expand(1, 8, 2, 2), y[None]) for f, y in zip(feats, labels)]
+    batches = [(f[None, :, None, None].expand(1, 8, 2, 2), y[None]) for f, y in zip(feats, labels, strict=True)]
     loss = probe_head(model, batches)
     assert loss < 0.15
     assert torch.equal((model(torch.stack([b[0][0] for b in batches])) > 0).float(), labels)
@@ -64,7 +64,7 @@ def test_probe_loader_gives_whole_images_at_the_middle_training_scale(tiny_cfg):
     cfg = tiny_cfg("cls.resize_long=[40,80]")
     layout = open_dataset(cfg)
     ids = layout.ids("train")[:3]
-    for (x, y), img_id in zip(probe_loader(cfg, layout, ids, ((0.5,) * 3, (0.5,) * 3)), ids):
+    for (x, y), img_id in zip(probe_loader(cfg, layout, ids, ((0.5,) * 3, (0.5,) * 3)), ids, strict=True):
         assert max(x.shape[-2:]) == 60 and x.shape[:2] == (1, 3)
         assert torch.equal(y[0], torch.from_numpy(layout.labels(img_id)))
 
