@@ -142,6 +142,7 @@ def replay_sce_sgd(rows: torch.Tensor, targets: torch.Tensor, images: torch.Tens
     the poly schedule over `steps`, batches of `batch_size` images (shuffled each pass, the last partial
     batch dropped) and the per-image mean CE of `recam.sce_loss`. Deterministic for a seed.
     Returns (weights [C, D], loss over all rows, accuracy over all rows)."""
+    from wsss.models.classifier import poly_lambda
     from wsss.models.recam import per_image_mean_ce
 
     g = torch.Generator().manual_seed(seed)
@@ -149,7 +150,7 @@ def replay_sce_sgd(rows: torch.Tensor, targets: torch.Tensor, images: torch.Tens
     nn.init.kaiming_uniform_(weights, a=math.sqrt(5), generator=g)  # nn.Conv2d's own init
     weights = weights.flatten(1).requires_grad_(True)
     opt = torch.optim.SGD([weights], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - min(t, steps - 1) / steps) ** poly_power)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(steps, poly_power))
     owners = torch.unique(images)  # images with at least one present class
     per_pass = max(len(owners) // batch_size, 1)
     rows = rows.float()
