@@ -37,7 +37,7 @@ def bench_crf(cfg, n_images: int, worker_counts: list[int]) -> None:
     from wsss import artifacts
     from wsss.cam import seed_file
     from wsss.data import open_dataset
-    from wsss.pseudo import Task, run_tasks
+    from wsss.pseudo import Refinement, Task, run_tasks
     from wsss.stages.make_pseudo import thresholds
 
     layout = open_dataset(cfg)
@@ -46,13 +46,13 @@ def bench_crf(cfg, n_images: int, worker_counts: list[int]) -> None:
     tau, fg, bg = thresholds(cfg, layout, seeds)
     with tempfile.TemporaryDirectory() as out:  # warm-up: page cache, imports, pydensecrf
         run_tasks([Task(i, seed_file(seeds, i), layout.image_path(i), Path(out) / f"{i}.png") for i in ids],
-                  1, cfg.refine, tau, fg, bg, desc="warm-up")
+                  1, Refinement(cfg.refine, tau, fg, bg), desc="warm-up")
     rows = []
     for workers in worker_counts:
         with tempfile.TemporaryDirectory() as out:
             tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), Path(out) / f"{i}.png") for i in ids]
             start = time.perf_counter()
-            run_tasks(tasks, workers, cfg.refine, tau, fg, bg, desc=f"CRF, {workers} workers")
+            run_tasks(tasks, workers, Refinement(cfg.refine, tau, fg, bg), desc=f"CRF, {workers} workers")
             rows.append((workers, time.perf_counter() - start))
     print(f"\nCRF pseudo-labels ({cfg.refine.mode} unary), {len(ids)} images, {cfg.dataset.name}")
     print("workers  seconds  images/s  speed-up")

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from wsss import artifacts, crf
 from wsss.io import artifact_files, load_label_png
 from wsss.pipeline import run_pipeline
-from wsss.pseudo import pseudo_label
+from wsss.pseudo import Refinement, pseudo_label
 from wsss.stages.make_pseudo import label_file
 
 REFINE = OmegaConf.load(__file__.replace("tests/test_pseudo.py", "conf/refine/crf.yaml"))
@@ -55,7 +55,7 @@ def test_labels_are_present_classes_background_or_unsure(mode):
     image = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
     seed = {"keys": np.array([2, 7]), "high_res": rng.random((2, 40, 52)).astype(np.float16)}
     refine = OmegaConf.merge(REFINE, {"mode": mode})
-    out = pseudo_label(image, seed, refine, tau=0.15, fg=0.3, bg=0.05)
+    out = pseudo_label(image, seed, Refinement(refine, tau=0.15, fg=0.3, bg=0.05))
     assert out.dtype == np.uint8 and out.shape == (40, 52)
     assert set(np.unique(out)) <= {0, 3, 8, 255}
     if mode == "softmax":
@@ -87,7 +87,7 @@ def test_image_without_classes_is_background():
     image = np.zeros((20, 20, 3), np.uint8)
     seed = {"keys": np.zeros(0, np.int64), "high_res": np.zeros((0, 20, 20), np.float16)}
     for mode in ("label", "softmax"):
-        out = pseudo_label(image, seed, OmegaConf.merge(REFINE, {"mode": mode}), 0.15, 0.3, 0.05)
+        out = pseudo_label(image, seed, Refinement(OmegaConf.merge(REFINE, {"mode": mode}), 0.15, 0.3, 0.05))
         assert (out == 0).all()
 
 

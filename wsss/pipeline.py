@@ -50,12 +50,16 @@ def validate(cfg: DictConfig) -> None:
     if cfg.pseudo.threshold_source not in ("fixed", "swept"):
         raise ConfigError(f"pseudo.threshold_source={cfg.pseudo.threshold_source!r}: choose fixed or swept")
     r = cfg.refine
-    if r.method not in ("none", "crf") or r.get("mode", "label") not in ("label", "softmax"):
-        raise ConfigError(f"refine={r.method} mode={r.get('mode')}: choose refine=none or refine=crf "
-                          "(refine.mode=label|softmax)")
+    if r.method not in ("none", "crf", "irn") or r.get("mode", "label") not in ("label", "softmax"):
+        raise ConfigError(f"refine={r.method} mode={r.get('mode')}: choose refine=none, refine=crf "
+                          "(refine.mode=label|softmax) or refine=irn")
+    crf = r.ir_labels if r.method == "irn" else r
     for key in ("fg_threshold", "bg_threshold"):
-        if r.get(key) is not None and not 0 <= r[key] <= 1:
-            raise ConfigError(f"refine.{key}={r[key]} must lie in [0, 1]")
+        if crf.get(key) is not None and not 0 <= crf[key] <= 1:
+            raise ConfigError(f"refine.{'ir_labels.' if r.method == 'irn' else ''}{key}={crf[key]} must lie in [0, 1]")
+    if r.method == "irn" and not 0 <= r.sem_seg_bg_threshold <= 1:
+        raise ConfigError(f"refine.sem_seg_bg_threshold={r.sem_seg_bg_threshold} must lie in [0, 1] (the walk's "
+                          "output is divided by its maximum)")
 
 
 def run_pipeline(cfg: DictConfig) -> dict:

@@ -24,6 +24,12 @@ def heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarra
     return (image * (1 - alpha) + jet * alpha).astype(np.uint8)
 
 
+def boundary_picture(boundary: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A stride-4 boundary map in [0, 1] as a grey picture of the image's size (white = boundary)."""
+    grey = (np.clip(boundary, 0, 1) * 255).astype(np.uint8).repeat(4, 0).repeat(4, 1)[: size[0], : size[1]]
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
 def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str]) -> None:
     """Tiles side by side with captions, as one PNG."""
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 2.8))

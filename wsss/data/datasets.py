@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.data.transforms import multiscale_views, normalize, rescale, seg_train_view, to_chw, top_left_pad, train_view
+from wsss.data.transforms import (irn_train_view, multiscale_views, normalize, rescale, seg_train_view, to_chw,
+                                  top_left_pad, train_view)
 from wsss.data.voc import VOCLayout
 from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb
@@ -78,6 +79,26 @@ class SegmentationDataset(Dataset):
         if self.train:
             return seg_train_view(image, label, self.scales, self.crop, item_rng(), self.norm)
         return to_chw(normalize(image, self.norm)), torch.from_numpy(label.astype(np.int64))
+
+
+class AffinityDataset(Dataset):
+    """(image crop, IR label at stride 4) pairs for IRN's boundary branch; `label_path(id)` gives the IR label."""
+
+    def __init__(self, layout: VOCLayout, ids, label_path, norm, scale_range=(0.5, 1.5), crop: int = 512):
+        self.layout, self.ids, self.label_path, self.norm = layout, list(ids), label_path, norm
+        self.scale_range, self.crop = tuple(scale_range), crop
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img_id = self.ids[i]
+        image = load_rgb(self.layout.image_path(img_id))
+        label = load_label_png(self.label_path(img_id))
+        if label.shape != image.shape[:2]:
+            raise UserError(f"IR label {self.label_path(img_id)} is {label.shape} but image "
+                            f"{self.layout.image_path(img_id)} is {image.shape[:2]}")
+        return irn_train_view(image, label, self.scale_range, self.crop, item_rng(), self.norm)
 
 
 class MultiScaleDataset(Dataset):

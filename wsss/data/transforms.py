@@ -31,11 +31,19 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 
     Per axis: a larger image gives a random window; a smaller one is placed at a random offset.
     """
-    h, w = image.shape[:2]
-    out = np.zeros((size, size) + image.shape[2:], image.dtype)
+    return random_crops([image], [0], size, rng)[0]
+
+
+def random_crops(arrays: list[np.ndarray], fills: list, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`random_crop` of several same-size arrays with one window, each container filled with its own value."""
+    h, w = arrays[0].shape[:2]
     (src_y, dst_y, ch), (src_x, dst_x, cw) = _window(h, size, rng), _window(w, size, rng)
-    out[dst_y:dst_y + ch, dst_x:dst_x + cw] = image[src_y:src_y + ch, src_x:src_x + cw]
-    return out
+    outs = []
+    for a, fill in zip(arrays, fills, strict=True):
+        out = np.full((size, size) + a.shape[2:], fill, a.dtype)
+        out[dst_y:dst_y + ch, dst_x:dst_x + cw] = a[src_y:src_y + ch, src_x:src_x + cw]
+        outs.append(out)
+    return outs
 
 
 def _window(n: int, size: int, rng) -> tuple[int, int, int]:
@@ -91,3 +99,20 @@ def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng,
     if rng.random() < 0.5:
         x, label = x[:, ::-1], label[:, ::-1]
     return to_chw(x), torch.from_numpy(np.ascontiguousarray(label)).long()
+
+
+def irn_train_view(image: np.ndarray, label: np.ndarray, scale_range, crop: int, rng,
+                   norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """IRN's augmentation (algorithms.md §7.1): one scale s ~ U(scale_range) (bicubic image, nearest label),
+    normalise, joint flip p=0.5, joint random crop (image fill 0, label fill 255), label taken at stride 4
+    (every 4th pixel, as IRN's ×0.25 nearest resize)."""
+    s = scale_range[0] + rng.random() * (scale_range[1] - scale_range[0])
+    h, w = label.shape
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    x = normalize(image, norm)
+    if rng.random() < 0.5:
+        x, label = x[:, ::-1], label[:, ::-1]
+    x, label = random_crops([x, label], [0, 255], crop, rng)
+    return to_chw(x), torch.from_numpy(np.ascontiguousarray(label[::4, ::4])).long()

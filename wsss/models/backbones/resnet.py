@@ -85,3 +85,10 @@ class ResNetTrunk(nn.Module):
         if self.detach_after_layer2:
             x = x.detach()
         return self.layer4(self.layer3(x))
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """IRN's five stage outputs: the stem after max-pooling (/4), layer1 (/4), layer2 (/8), layer3, layer4 (/16)."""
+        feats = [self.stem(x)]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            feats.append(layer(feats[-1]))
+        return feats

@@ -96,6 +96,12 @@ class TimmTrunk(nn.Module):
                 x = x.detach()
         return net.bn2(net.conv_head(x))
 
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of timm's feature levels from stride 4 on (IRN's boundary branch reads one per stage;
+        EfficientNet-Lite0: 24 ch /4, 40 /8, 112 /16, 320 /16), without the head convolution."""
+        levels = [i for i, f in enumerate(self.net.feature_info) if f["reduction"] >= 4]
+        return self.net.forward_intermediates(x, indices=levels, intermediates_only=True)
+
 
 def stride8_block(net: nn.Module, name: str) -> int:
     """Index of the EfficientNet stage that ends at stride 8 (IRN detaches after ResNet's layer2)."""

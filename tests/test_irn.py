@@ -1,0 +1,109 @@
+"""IRN's boundary network, its training data and the stages train_irn / make_pseudo with refine=irn."""
+import numpy as np
+import pytest
+import torch
+
+from wsss import artifacts
+from wsss.data.transforms import irn_train_view
+from wsss.io import artifact_files, load_label_png
+from wsss.models.irn import IRNModule, load_irn
+from wsss.pipeline import run_pipeline
+from wsss.stages.make_pseudo import label_file
+from wsss.stages.train_irn import ir_label_file
+from wsss.training import checkpoint_path
+
+IRN = ["refine=irn", "refine.train.crop_size=80", "refine.train.batch_size=4", "refine.train.epochs=1",
+       "refine.workers=1", "refine.ir_labels.workers=1"]
+
+
+@pytest.mark.parametrize("backbone,channels", [("resnet18", [64, 64, 128, 256, 512]),
+                                               ("tf_efficientnet_lite0", [24, 40, 112, 320])])
+def test_boundary_net_reads_every_stage_from_stride_4_and_trains_only_its_branch(backbone, channels):
+    model = IRNModule(backbone, weights=None)
+    net = model.net
+    assert [b[0].in_channels for b in net.branches] == channels
+    assert net.fuse.in_channels == 32 * len(channels) and net.fuse.bias is not None
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("net.branches.", "net.fuse.")) for n in trainable)
+    model.train()
+    assert not net.trunk.training and all(not m.training for m in net.trunk.modules())
+    logits = net(torch.randn(2, 3, 75, 101))
+    assert logits.shape == (2, 1, 19, 26)  # ⌈75/4⌉ × ⌈101/4⌉
+    logits.sum().backward()
+    assert all(p.grad is None for p in net.trunk.parameters())
+    b = model.boundary(torch.randn(3, 75, 101))
+    assert b.shape == (19, 26) and 0 <= float(b.min()) and float(b.max()) <= 1
+
+
+def test_boundary_of_a_symmetric_image_is_symmetric():
+    """B = sigmoid(½ logit(x) + ½ flip(logit(flip(x)))): a mirror-symmetric image gives a symmetric map."""
+    model = IRNModule("resnet18", weights=None).eval()
+    half = torch.randn(3, 64, 32)
+    b = model.boundary(torch.cat([half, half.flip(-1)], -1))
+    torch.testing.assert_close(b, b.flip(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_irn_view_keeps_image_and_label_aligned_at_stride_4():
+    """The label encodes each pixel's column band; after scale, flip and crop the label at stride 4 still
+    names the band the image shows there, and the padding is 255."""
+    rng = np.random.default_rng(0)
+    bands = np.repeat(np.arange(1, 9, dtype=np.uint8), 12)[None].repeat(60, 0)  # 60 × 96, 8 bands of 12 px
+    image = np.stack([bands * 30] * 3, -1).astype(np.uint8)
+    seen_pad = False
+    for _ in range(20):
+        x, label = irn_train_view(image, bands, (0.5, 1.5), 128, rng, ((0, 0, 0), (1 / 255, 1 / 255, 1 / 255)))
+        assert x.shape == (3, 128, 128) and label.shape == (32, 32) and label.dtype == torch.long
+        sampled = x[0, ::4, ::4]
+        inside = label != 255
+        seen_pad |= bool((~inside).any())
+        # bicubic resizing blurs the band edges: most samples, not all
+        same = (sampled[inside] / 30).round() == label[inside].float()
+        assert same.float().mean() > 0.8
+        assert (x[:, ::4, ::4][:, ~inside] == 0).all()  # padding: the mean colour in the image, 255 in the label
+    assert seen_pad
+
+
+def test_train_irn_does_nothing_without_refine_irn(tiny_cfg):
+    assert "time/train_irn" not in run_pipeline(tiny_cfg("stages=[train_irn]"))
+
+
+@pytest.mark.slow
+def test_irn_stages_end_to_end_resume_and_reuse_the_crf_ir_labels(tiny_cfg):
+    cfg = tiny_cfg("stages=[train_cls,make_cam,train_irn,make_pseudo]", *IRN)
+    metrics = run_pipeline(cfg)
+    irn = artifacts.locate(cfg, "train_irn").path
+    ids = sorted(p.stem for p in artifact_files(irn / "ir_labels", "*.png"))
+    assert len(ids) == metrics["train_irn/train/images"] == 8
+    for key in ("train_irn/train/ir_miou", "train_irn/train/ir_ignore_pct", "train_irn/train/loss",
+                "train_irn/train/neg", "make_pseudo/train/miou", "make_pseudo/sem_seg_bg_threshold"):
+        assert key in metrics
+    assert metrics["train_irn/steps"] == 2  # 8 images, batch 4, drop_last, 1 epoch
+    assert metrics["protocol/make_pseudo/refine"] == "irn"
+    assert metrics["make_pseudo/train/ignore_pct"] == 0  # the walk leaves no unsure pixel
+    assert load_irn(checkpoint_path(irn)).hparams.backbone == cfg.cls.backbone
+    out = artifacts.locate(cfg, "make_pseudo").path
+    assert len(artifact_files(out / "overlays", "*.png")) == 6
+    # the IR labels are refine=crf's pseudo-labels for the same seeds and thresholds, byte for byte
+    crf = tiny_cfg("stages=[make_pseudo]", "refine=crf", "refine.workers=1")
+    run_pipeline(crf)
+    crf_out = artifacts.locate(crf, "make_pseudo").path
+    assert all(np.array_equal(load_label_png(ir_label_file(irn, i)), load_label_png(label_file(crf_out, i)))
+               for i in ids)
+    # interrupted make_pseudo: two labels and the manifest gone → only those two are made, identically
+    before = {i: label_file(out, i).read_bytes() for i in ids}
+    (out / "manifest.json").unlink()
+    for i in ids[:2]:
+        label_file(out, i).unlink()
+    again = run_pipeline(tiny_cfg("stages=[make_pseudo]", *IRN))
+    assert again["make_pseudo/computed"] == 2
+    assert {i: label_file(out, i).read_bytes() for i in ids} == before
+
+
+def test_irn_preset_and_threshold_come_from_the_dataset(tmp_path):
+    from tests.conftest import compose_cfg
+
+    voc = compose_cfg(tmp_path, "dataset=voc12", "refine=irn")
+    assert voc.refine.sem_seg_bg_threshold == 0.25
+    assert compose_cfg(tmp_path, "dataset=voc12", "refine=irn", "cam=recam").refine.sem_seg_bg_threshold == 0.28
+    assert (voc.refine.beta, voc.refine.exp_times, voc.refine.radius, voc.refine.train.radius) == (10, 8, 5, 10)
+    assert voc.refine.ir_labels.label_crf == compose_cfg(tmp_path, "refine=crf").refine.label_crf
