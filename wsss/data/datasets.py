@@ -6,8 +6,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wsss.data.transforms import (irn_train_view, multiscale_views, normalize, rescale, seg_train_view, to_chw,
-                                  top_left_pad, train_view)
+from wsss.data.transforms import (
+    irn_train_view,
+    multiscale_views,
+    normalize,
+    rescale,
+    seg_train_view,
+    to_chw,
+    top_left_pad,
+    train_view,
+)
 from wsss.data.voc import VOCLayout
 from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb
