@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py crf [--images N] [--workers 1 2] [overrides...]
     python scripts/benchmark.py trunk [--backbones resnet18 tf_efficientnet_lite0] [--size 224] [--batch 16]
+    python scripts/benchmark.py walk [--classes 1 3 20] [--repeats 3]
 
 `crf`: make_pseudo's CRF pass (refine=crf) over the first N seeds of the configured make_cam
 artifact, once per worker count, into throw-away directories; prints seconds, images/s and the
@@ -13,6 +14,12 @@ the others did not have). Workers are forked, as in `wsss`. The seeds must exist
 (an image and its flip at 500×375, VOC's usual size) per backbone, in contiguous (NCHW) and
 channels-last (NHWC, `channels_last=true`) memory order; the best of `--repeats` after a warm-up,
 and the ratio to the first row.
+
+`walk`: refine=irn per image, each case in a fresh process: the boundary network (Lite0 and ResNet-50
+trunks, image + flip) and the random walk (affinities, sparse transition, 256 steps, upsampling) on a
+500×375 photo (VOC's usual size) and a 500×500 one, for K present classes; seconds (best of --repeats)
+and the walk's peak memory (the process's peak RSS growth over a warmed-up baseline), beside the
+reference's dense transition matrix (n² float32, before its squarings need a second one).
 """
 from __future__ import annotations
 
@@ -97,9 +104,59 @@ def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> No
         print(f"{name:<24} {layout:<14} {step_s:7.3f} {step_s / rows[0][2]:6.2f} {cam_s:7.3f} {cam_s / rows[0][3]:6.2f}")
 
 
+WALK_CASE = """
+import json, resource, sys, time
+import numpy as np, torch
+from wsss.models.irn import IRNModule
+from wsss.random_walk import rw_label
+h, w, k, repeats = (int(v) for v in sys.argv[1:5])
+h4, w4 = -(-h // 4), -(-w // 4)
+rng = np.random.default_rng(0)
+rw_label(rng.random((k, 20, 20), np.float32), np.arange(k), torch.rand(20, 20), (80, 80), 0.25)  # warm-up
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cams, edge = rng.random((k, h4, w4), np.float32), torch.rand(h4, w4) ** 4
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    rw_label(cams, np.arange(k), edge, (h, w), 0.25)
+    times.append(time.perf_counter() - start)
+peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+nets = {}
+for name, weights in (("tf_efficientnet_lite0", None), ("resnet50", None)):
+    net = IRNModule(name, weights).eval()
+    image = torch.randn(3, h, w)
+    net.boundary(image)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        net.boundary(image)
+    nets[name] = (time.perf_counter() - start) / repeats
+print(json.dumps({"walk_s": min(times), "peak_mb": peak, "n": h4 * w4, "nets": nets}))
+"""
+
+
+def bench_walk(classes: list[int], repeats: int) -> None:
+    import json
+    import subprocess
+
+    import torch
+
+    print(f"\nrefine=irn per image on {torch.get_num_threads()} threads (one process per case)")
+    print(f"{'image':<9} {'K':>3} {'n = h4·w4':>9} {'walk s':>7} {'walk peak MB':>13} {'dense T MB':>11} "
+          f"{'B Lite0 s':>10} {'B R50 s':>8}")
+    for h, w in ((375, 500), (500, 500)):
+        for k in classes:
+            out = subprocess.run([sys.executable, "-c", WALK_CASE, str(h), str(w), str(k), str(repeats)],
+                                 capture_output=True, text=True, check=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            dense = r["n"] ** 2 * 4 / 2**20
+            print(f"{w}×{h:<5} {k:>3} {r['n']:>9} {r['walk_s']:7.2f} {r['peak_mb']:13.0f} {dense:11.0f} "
+                  f"{r['nets']['tf_efficientnet_lite0']:10.2f} {r['nets']['resnet50']:8.2f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["crf", "trunk"])
+    ap.add_argument("what", choices=["crf", "trunk", "walk"])
+    ap.add_argument("--classes", type=int, nargs="+", default=[1, 3, 20])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "tf_efficientnet_lite0"])
@@ -110,6 +167,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.what == "trunk":
         bench_trunk(args.backbones, args.size, args.batch, args.repeats)
+    elif args.what == "walk":
+        bench_walk(args.classes, args.repeats)
     else:
         bench_crf(load_cfg(args.overrides), args.images, args.workers)
     return 0

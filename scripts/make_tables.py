@@ -70,7 +70,7 @@ def protocol(metrics: dict) -> dict:
     source = g("protocol/make_pseudo/threshold_source") or "fixed"
     return {"method": g("protocol/cam/method", "?"), "split": g("protocol/eval_cam/split", "?"),
             "τ source": "GT-swept" if source == "swept" else "stated",
-            "CRF": g("protocol/make_pseudo/refine", "—"), "scales+flip": g("protocol/cam/scales", "?"),
+            "refine": g("protocol/make_pseudo/refine", "—"), "scales+flip": g("protocol/cam/scales", "?"),
             "backbone": g("protocol/backbone", "?"), "init": g("protocol/init", "?")}
 
 

@@ -107,3 +107,21 @@ def test_irn_preset_and_threshold_come_from_the_dataset(tmp_path):
     assert compose_cfg(tmp_path, "dataset=voc12", "refine=irn", "cam=recam").refine.sem_seg_bg_threshold == 0.28
     assert (voc.refine.beta, voc.refine.exp_times, voc.refine.radius, voc.refine.train.radius) == (10, 8, 5, 10)
     assert voc.refine.ir_labels.label_crf == compose_cfg(tmp_path, "refine=crf").refine.label_crf
+    # the synthetic images' grids are ~3.5× smaller a side: 2^4 steps (README, IRN)
+    assert compose_cfg(tmp_path, "refine=irn").refine.exp_times == 4
+
+
+def test_irn_presets_pin_the_reference_recipes(tmp_path):
+    from tests.conftest import compose_cfg
+    from wsss.pipeline import validate
+
+    for preset, ir, bg, paper in (("cam_voc12_irn", (0.30, 0.05), 0.25, 66.5), ("recam_voc12_irn", (0.35, 0.10), 0.28, 70.5)):
+        cfg = compose_cfg(tmp_path, f"experiment={preset}", "dataset.root=/data/voc")
+        validate(cfg)
+        r = cfg.refine
+        assert (r.method, r.ir_labels.fg_threshold, r.ir_labels.bg_threshold, r.sem_seg_bg_threshold) == ("irn", *ir, bg)
+        t = r.train
+        assert (t.backbone, t.weights, t.crop_size, t.batch_size, t.epochs, t.lr, list(t.scale_range)) == \
+            ("resnet50", "imagenet", 512, 32, 3, 0.1, [0.5, 1.5])
+        assert "train_aug" in cfg.pseudo.splits and cfg.paper["make_pseudo/train/miou"]["value"] == paper
+    assert compose_cfg(tmp_path, "experiment=cam_voc12_irn", "dataset.root=/d").cls.detach_after_layer2  # IRN's CAM net

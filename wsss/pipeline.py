@@ -96,7 +96,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
 def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     module = STAGES[name]
     if not getattr(module, "needed", lambda _: True)(cfg):
-        log.info("stage %s: not needed for cam=%s, skipped", name, cfg.cam.method)
+        log.info("stage %s: not needed for cam=%s refine=%s, skipped", name, cfg.cam.method, cfg.refine.method)
         return {}
     log.info("stage %s", name)
     # every stage starts from the same RNG state, so a stage computes the same output whether
