@@ -1,6 +1,8 @@
 """Torch datasets and the Lightning DataModule over a VOCLayout."""
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import lightning as L
 import numpy as np
 import torch
@@ -19,6 +21,15 @@ from wsss.data.transforms import (
 from wsss.data.voc import VOCLayout
 from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb
+
+
+def loader(dataset, batch_size: int, num_workers: int, persistent: bool = False, **kwargs) -> DataLoader:
+    """A DataLoader whose worker processes are forked where fork exists (torch's own default on Linux), named
+    explicitly: inside a joblib sweep job (hydra/launcher=joblib) the default context is loky's, whose
+    processes the DataLoader cannot start ("'Process' object has no attribute 'env'")."""
+    context = "fork" if num_workers > 0 and "fork" in mp.get_all_start_methods() else None
+    return DataLoader(dataset, batch_size, num_workers=num_workers, multiprocessing_context=context,
+                      persistent_workers=persistent and num_workers > 0, **kwargs)
 
 
 def item_rng() -> np.random.Generator:
@@ -141,10 +152,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         ds = ClassificationDataset(self.layout, self.train_ids, True, self.norm, self.long_range, self.crop)
-        return DataLoader(ds, self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return loader(ds, self.batch_size, self.num_workers, persistent=True, shuffle=True, drop_last=True)
 
     def val_dataloader(self):
         ds = ClassificationDataset(self.layout, self.val_ids, False, self.norm, self.long_range, self.crop)
-        return DataLoader(ds, self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return loader(ds, self.batch_size, self.num_workers, persistent=True)

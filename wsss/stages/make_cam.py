@@ -10,12 +10,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from wsss import artifacts
 from wsss.cam import CAMPredictor, SeedWriter, missing_ids
 from wsss.data import open_dataset
-from wsss.data.datasets import MultiScaleDataset, single_item
+from wsss.data.datasets import MultiScaleDataset, loader, single_item
 from wsss.errors import UserError
 from wsss.models.classifier import load_checkpoint, load_classifier
 from wsss.models.recam import ReCAMModule
@@ -89,10 +87,10 @@ def run(cfg, out_dir: Path) -> dict:
     if todo:
         backbone, weights, norm = load_maps_model(cfg)
         predictor = CAMPredictor(backbone, weights)
-        loader = DataLoader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm), batch_size=1,
-                            collate_fn=single_item, num_workers=cfg.num_workers)
+        images = loader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm), 1, cfg.num_workers,
+                        collate_fn=single_item)
         trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)])
-        trainer.predict(predictor, loader, return_predictions=False)
+        trainer.predict(predictor, images, return_predictions=False)
         trainer.strategy.barrier()  # every rank has written its shard
     left = missing_ids(out_dir, ids)
     if left:

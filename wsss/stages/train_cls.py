@@ -11,7 +11,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from wsss.data import dataset_identity, open_dataset
-from wsss.data.datasets import ClassificationDataModule, ResizedDataset, single_item
+from wsss.data.datasets import ClassificationDataModule, ResizedDataset, loader, single_item
 from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
 from wsss.models.linear_probe import probe_head
@@ -72,8 +72,7 @@ def classification_data(cfg, layout, norm) -> ClassificationDataModule:
 def probe_loader(cfg, layout, ids, norm) -> DataLoader:
     """The linear probe's images: each at the middle of the training long-side range, whole."""
     long_side = round(sum(cfg.cls.resize_long) / 2)
-    return DataLoader(ResizedDataset(layout, ids, long_side, norm), batch_size=1, collate_fn=single_item,
-                      num_workers=cfg.num_workers)
+    return loader(ResizedDataset(layout, ids, long_side, norm), 1, cfg.num_workers, collate_fn=single_item)
 
 
 def labelled(layout, ids) -> list[str]:

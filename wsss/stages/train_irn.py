@@ -15,12 +15,10 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from wsss import artifacts
 from wsss.cam import seed_file
 from wsss.data import open_dataset
-from wsss.data.datasets import AffinityDataset
+from wsss.data.datasets import AffinityDataset, loader
 from wsss.errors import UserError
 from wsss.models.irn import IRNModule
 from wsss.pseudo import Refinement, Task, default_workers, run_tasks
@@ -91,8 +89,8 @@ def run(cfg, out_dir: Path) -> dict:
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_irn", max_epochs=t.epochs, callbacks=callbacks)
     workers = cfg.num_workers
-    trainer.fit(model, DataLoader(data, t.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                                  persistent_workers=workers > 0), ckpt_path=resume_from, weights_only=True)
+    trainer.fit(model, loader(data, t.batch_size, workers, persistent=True, shuffle=True, drop_last=True),
+                ckpt_path=resume_from, weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
     keys = [f"train_irn/train/{k}_epoch" for k in ("loss", "bg_pos", "fg_pos", "neg")]

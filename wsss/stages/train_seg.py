@@ -8,11 +8,9 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from wsss import artifacts
 from wsss.data import open_dataset
-from wsss.data.datasets import SegmentationDataset
+from wsss.data.datasets import SegmentationDataset, loader
 from wsss.errors import UserError
 from wsss.models.classifier import load_classifier
 from wsss.models.segmenter import SegmentationModule
@@ -67,9 +65,8 @@ def run(cfg, out_dir: Path) -> dict:
                             accumulate_grad_batches=s.accumulate, check_val_every_n_epoch=s.val_every_n_epochs,
                             callbacks=callbacks)
     trainer.fit(model,
-                DataLoader(train, s.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                           persistent_workers=workers > 0),
-                DataLoader(val, 1, num_workers=workers, persistent_workers=workers > 0), ckpt_path=resume_from,
+                loader(train, s.batch_size, workers, persistent=True, shuffle=True, drop_last=True),
+                loader(val, 1, workers, persistent=True), ckpt_path=resume_from,
                 weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
