@@ -25,6 +25,7 @@ HEADLINE = ["eval_cam/{split}/miou", "eval_cam/{split}/miou_best", "make_pseudo/
             "eval_seg/{split}/miou"]
 NOT_A_SETTING = ("seed=", "stages=", "paths.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                  "hydra.", "dataset.root=", "dataset.sbd_root=", "force=", "num_workers=", "refine.workers=",
+                 "refine.ir_labels.workers=",
                  "logger", "eval_cam.num_overlays=", "pseudo.num_overlays=", "hydra/", "resume_every_n_steps=")
 
 

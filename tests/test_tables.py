@@ -39,6 +39,17 @@ def test_rows_group_seeds_with_mean_and_sample_std(tmp_path, capsys):
     assert r"50.0 $\pm$ 1.4" in capsys.readouterr().out
 
 
+def test_worker_counts_do_not_split_a_setting(tmp_path, capsys):
+    """Process and thread counts change the speed, not the figures: runs differing only in them share a row."""
+    tags = {"protocol/eval_cam/split": "train", "protocol/make_pseudo/refine": "irn"}
+    fake_run(tmp_path / "0", ["refine=irn", "seed=0"], {"make_pseudo/train/miou": 46.0, **tags})
+    fake_run(tmp_path / "1", ["refine=irn", "seed=1", "refine.workers=1", "refine.ir_labels.workers=1", "num_workers=1"],
+             {"make_pseudo/train/miou": 45.0, **tags})
+    make_tables.main([str(tmp_path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| refine=irn |")]
+    assert len(rows) == 1 and "| 2 | 45.5 ± 0.7 |" in rows[0] and "| irn |" in rows[0]
+
+
 def test_empty_or_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no metrics.json"):
         make_tables.main([str(tmp_path)])
