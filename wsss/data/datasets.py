@@ -75,6 +75,17 @@ class ResizedDataset(Dataset):
         return to_chw(x)[None], torch.from_numpy(self.layout.labels(img_id))[None]
 
 
+def image_and_label(layout: VOCLayout, label_path, img_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its label map (`label_path(id)`: pseudo-labels, IR labels or ground truth), which must
+    have the image's size."""
+    image = load_rgb(layout.image_path(img_id))
+    label = load_label_png(label_path(img_id))
+    if label.shape != image.shape[:2]:
+        raise UserError(f"label map {label_path(img_id)} is {label.shape} but image "
+                        f"{layout.image_path(img_id)} is {image.shape[:2]}")
+    return image, label
+
+
 class SegmentationDataset(Dataset):
     """(image, label map) pairs; `label_path(id)` gives the PNG (pseudo-labels or ground truth).
 
@@ -89,12 +100,7 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i):
-        img_id = self.ids[i]
-        image = load_rgb(self.layout.image_path(img_id))
-        label = load_label_png(self.label_path(img_id))
-        if label.shape != image.shape[:2]:
-            raise UserError(f"label map {self.label_path(img_id)} is {label.shape} but image "
-                            f"{self.layout.image_path(img_id)} is {image.shape[:2]}")
+        image, label = image_and_label(self.layout, self.label_path, self.ids[i])
         if self.train:
             return seg_train_view(image, label, self.scales, self.crop, item_rng(), self.norm)
         return to_chw(normalize(image, self.norm)), torch.from_numpy(label.astype(np.int64))
@@ -111,12 +117,7 @@ class AffinityDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i):
-        img_id = self.ids[i]
-        image = load_rgb(self.layout.image_path(img_id))
-        label = load_label_png(self.label_path(img_id))
-        if label.shape != image.shape[:2]:
-            raise UserError(f"IR label {self.label_path(img_id)} is {label.shape} but image "
-                            f"{self.layout.image_path(img_id)} is {image.shape[:2]}")
+        image, label = image_and_label(self.layout, self.label_path, self.ids[i])
         return irn_train_view(image, label, self.scale_range, self.crop, item_rng(), self.norm)
 
 

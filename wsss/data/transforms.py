@@ -82,14 +82,18 @@ def multiscale_views(image: np.ndarray, scales, norm) -> list[torch.Tensor]:
     return views
 
 
+def rescale_pair(image: np.ndarray, label: np.ndarray, scale: float, resample) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 image (PIL `resample`) and its label map (nearest) resized to (round(H·s), round(W·s))."""
+    h, w = label.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return (np.asarray(Image.fromarray(image).resize(size, resample)),
+            np.asarray(Image.fromarray(label).resize(size, Image.NEAREST)))
+
+
 def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng, norm) -> tuple[torch.Tensor, torch.Tensor]:
     """DeepLab-v2 augmentation: a random scale from `scales` (bilinear image, nearest label), pad
     bottom/right to the crop (mean colour / 255), a random crop, horizontal flip p=0.5."""
-    s = float(rng.choice(list(scales)))
-    h, w = label.shape
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    image, label = rescale_pair(image, label, float(rng.choice(list(scales))), Image.BILINEAR)
     x = normalize(image, norm)
     ph, pw = max(crop - x.shape[0], 0), max(crop - x.shape[1], 0)
     x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
@@ -107,10 +111,7 @@ def irn_train_view(image: np.ndarray, label: np.ndarray, scale_range, crop: int,
     normalise, joint flip p=0.5, joint random crop (image fill 0, label fill 255), label taken at stride 4
     (every 4th pixel, as IRN's ×0.25 nearest resize)."""
     s = scale_range[0] + rng.random() * (scale_range[1] - scale_range[0])
-    h, w = label.shape
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    image, label = rescale_pair(image, label, s, Image.BICUBIC)
     x = normalize(image, norm)
     if rng.random() < 0.5:
         x, label = x[:, ::-1], label[:, ::-1]

@@ -11,7 +11,6 @@ In:  make_cam's seeds.  Out: `ir_labels/<id>.png`, `model.ckpt` (IRNModule, load
 """
 from __future__ import annotations
 
-import logging
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from wsss.training import build_trainer, drop_resume_state, logged, plain, resum
 VERSION = 1
 STORED = True
 DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work); rank 0 makes the IR labels
-log = logging.getLogger(__name__)
 
 
 def needed(cfg) -> bool:
@@ -52,13 +50,13 @@ def ir_label_file(out_dir: Path, img_id: str) -> Path:
     return Path(out_dir) / "ir_labels" / f"{img_id}.png"
 
 
-def make_ir_labels(cfg, layout, out_dir: Path) -> dict:
-    """The IR label of every image of `pseudo.splits` (skipping those already written), and their scores."""
+def make_ir_labels(cfg, layout, ids, out_dir: Path) -> dict:
+    """The IR label of every image of `ids` (skipping those already written), and their scores."""
     seeds = artifacts.require(cfg, "make_cam", "train_irn").path
     ir = cfg.refine.ir_labels
     tau, fg, bg = make_pseudo.thresholds(cfg, layout, seeds, ir)
     tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), ir_label_file(out_dir, i))
-             for i in layout.ids_of(cfg.pseudo.splits) if not ir_label_file(out_dir, i).exists()]
+             for i in ids if not ir_label_file(out_dir, i).exists()]
     workers = default_workers(ir.workers)
     run_tasks(tasks, workers, Refinement(ir, tau, fg, bg), desc=f"train_irn: IR labels ({workers} workers)")
     split = cfg.pseudo.eval_split
@@ -71,19 +69,19 @@ def make_ir_labels(cfg, layout, out_dir: Path) -> dict:
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     t = cfg.refine.train
-    metrics = {}
-    if artifacts.global_rank() == 0:
-        metrics = make_ir_labels(cfg, layout, out_dir)
-    artifacts.barrier()
-    model = IRNModule(backbone=t.backbone, weights=t.weights, radius=t.radius, lr=t.lr, weight_decay=t.weight_decay,
-                      momentum=t.momentum, poly_power=t.poly_power)
     ids = layout.ids_of(cfg.pseudo.splits)
-    if len(ids) < t.batch_size:
+    if len(ids) < t.batch_size:  # checked before the IR labels, which take minutes
         raise UserError(f"pseudo.splits={list(cfg.pseudo.splits)} has {len(ids)} images, fewer than "
                         f"refine.train.batch_size={t.batch_size}")
     if t.crop_size % 4 or t.crop_size // 4 < 2 * t.radius:
         raise UserError(f"refine.train.crop_size={t.crop_size} must be a multiple of 4 and at least {8 * t.radius} "
                         f"(its stride-4 labels must hold pairs of radius {t.radius})")
+    metrics = {}
+    if artifacts.global_rank() == 0:
+        metrics = make_ir_labels(cfg, layout, ids, out_dir)
+    artifacts.barrier()
+    model = IRNModule(backbone=t.backbone, weights=t.weights, radius=t.radius, lr=t.lr, weight_decay=t.weight_decay,
+                      momentum=t.momentum, poly_power=t.poly_power)
     data = AffinityDataset(layout, ids, partial(ir_label_file, out_dir), model.normalization, t.scale_range,
                            t.crop_size)
     callbacks, resume_from = resumable(cfg, out_dir)
