@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-HEADLINE = ["eval_cam/{split}/miou", "eval_cam/{split}/miou_best", "make_pseudo/{split}/miou",
-            "eval_seg/{split}/miou"]
+HEADLINE = ["eval_cam/{split}/miou", "eval_cam/{split}/miou_best", "eval_cam/{split}/threshold_best",
+            "make_cam/seconds_per_image", "make_pseudo/{split}/miou", "eval_seg/{split}/miou"]
 NOT_A_SETTING = ("seed=", "stages=", "paths.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                  "hydra.", "dataset.root=", "dataset.sbd_root=", "force=", "num_workers=", "refine.workers=",
                  "refine.ir_labels.workers=",
@@ -62,8 +62,13 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def fmt(m: float, s: float | None) -> str:
-    return f"{m:.1f}" if s is None else f"{m:.1f} ± {s:.1f}"
+def fmt(m: float, s: float | None, digits: int = 1) -> str:
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def digits(key: str) -> int:
+    """Decimals of a column: mIoU in % to 0.1, thresholds and seconds to 0.01."""
+    return 2 if key.endswith(("threshold_best", "seconds_per_image")) else 1
 
 
 def protocol(metrics: dict) -> dict:
@@ -98,7 +103,7 @@ def build_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells = [label, str(len(members))]
         for k in keys:
             values = [r["metrics"][k] for r in members if k in r["metrics"]]
-            cells.append(fmt(*mean_std(values)) if values else "—")
+            cells.append(fmt(*mean_std(values), digits(k)) if values else "—")
         cells.append(_paper(members[0]["paper"], keys))
         cells += list(protocol(members[0]["metrics"]).values())
         rows.append(cells)

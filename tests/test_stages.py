@@ -103,10 +103,11 @@ def test_recam_stage_and_maps(tiny_cfg, tmp_path):
     # the seeds come from the ReCAM checkpoint's product weights
     from wsss.stages.make_cam import load_maps_model
 
-    _, weights, norm = load_maps_model(cfg)
+    loaded, norm = load_maps_model(cfg)
     assert norm == ((0.5,) * 3, (0.5,) * 3)  # EfficientNet-Lite's normalisation, from the checkpoint
     model = load_checkpoint(recam.path / "model.ckpt", ReCAMModule)
-    assert torch.equal(weights, model.classifier.weight.flatten(1) * model.sce_head.weight.flatten(1))
+    assert torch.equal(loaded.cam_weights(cfg.cam.map_weights),
+                       model.classifier.weight.flatten(1) * model.sce_head.weight.flatten(1))
 
 
 def test_recam_sce_head_from_a_probe(tiny_cfg):

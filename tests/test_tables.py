@@ -70,3 +70,16 @@ def test_seed_by_method_sweep_gives_a_cam_and_a_recam_row(tmp_path):
     rows = [line for line in res.stdout.splitlines() if line.startswith("| cam=")]
     assert [r.split(" | ")[0] for r in rows] == ["| cam=cam", "| cam=recam"]
     assert all(" | 2 | " in r and "±" in r for r in rows)
+
+
+def test_method_rows_carry_best_threshold_and_seconds_per_image(tmp_path, capsys):
+    tags = {"protocol/eval_cam/split": "train", "protocol/cam/method": "gradcam"}
+    for i, (method, sec) in enumerate((("cam", 0.93), ("gradcam", 1.404))):
+        fake_run(tmp_path / str(i), [f"cam={method}"], {"eval_cam/train/miou": 30.0, "eval_cam/train/miou_best": 33.3,
+                                                        "eval_cam/train/threshold_best": 0.4, **tags,
+                                                        "make_cam/seconds_per_image": sec})
+    make_tables.main([str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| setting | n | eval_cam/train/miou | eval_cam/train/miou_best | "
+                             "eval_cam/train/threshold_best | make_cam/seconds_per_image |")
+    assert "| 30.0 | 33.3 | 0.40 | 1.40 |" in next(line for line in out if line.startswith("| cam=gradcam |"))

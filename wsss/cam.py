@@ -1,9 +1,12 @@
-"""Class activation maps exactly as algorithms.md §3 (IRN/ReCAM `make_cam`).
+"""Class activation maps exactly as algorithms.md §3 (IRN/ReCAM `make_cam`), and the same combination
+for every other seed method (wsss/seed_methods/).
 
 Per scale s: features F of the image and of its flip; A = ReLU(W·F) per flip copy; M_s = A(img) +
 flip_back(A(flipped)). strided = Σ_s bilinear(M_s → ⌈H/4⌉×⌈W/4⌉); high_res = Σ_s bilinear(M_s →
 16⌈H/16⌉×16⌈W/16⌉) cropped top-left to H×W (keeps the stride-16 grid aligned with the pixels).
 Only present classes; each map divided by its own max + 1e-5 after summing the scales.
+Another method's raw maps A (on a grid of stride r: 16 for the trunk output, 1 for input gradients)
+are combined the same way, with r⌈H/r⌉×r⌈W/r⌉ in place of the 16-pixel padding.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ def strided_size(h: int, w: int) -> tuple[int, int]:
     return math.ceil(h / 4), math.ceil(w / 4)
 
 
-def padded_size(h: int, w: int) -> tuple[int, int]:
-    return 16 * math.ceil(h / 16), 16 * math.ceil(w / 16)
+def padded_size(h: int, w: int, stride: int = 16) -> tuple[int, int]:
+    """The image size rounded up to whole cells of a stride-`stride` grid (what its maps cover)."""
+    return stride * math.ceil(h / stride), stride * math.ceil(w / stride)
 
 
 def activation(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -37,34 +41,48 @@ def normalize_max(maps: torch.Tensor) -> torch.Tensor:
     return maps / (maps.flatten(1).max(1).values[:, None, None] + 1e-5)
 
 
-@torch.no_grad()
 def multiscale_cam(backbone: nn.Module, weights: torch.Tensor, views, size) -> tuple[torch.Tensor, torch.Tensor]:
     """(strided [K,⌈H/4⌉,⌈W/4⌉], high_res [K,H,W]) from per-scale [2,3,h,w] image+flip batches."""
+    with torch.no_grad():
+        return multiscale_maps(lambda batch: (activation(backbone(batch), weights), 16), len(weights), views, size)
+
+
+def multiscale_maps(raw_maps, num_keys: int, views, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(strided, high_res) as `multiscale_cam`, for any method: `raw_maps(batch)` gives one scale's
+    (maps [2,K,h',w'] ≥ 0 of the image and its flip, grid stride); flip-summed, resized, summed over the
+    scales, then per-class max-normalised. `raw_maps` may backpropagate; the combination does not."""
     h, w = size
-    if len(weights) == 0:  # no present class (an unlabelled image): empty maps, nothing to compute
+    if num_keys == 0:  # no present class (an unlabelled image): empty maps, nothing to compute
         return torch.zeros(0, *strided_size(h, w)), torch.zeros(0, h, w)
     strided = high = None
     for batch in views:
-        a = activation(backbone(batch), weights)
-        m = (a[0] + a[1].flip(-1))[None]  # ReLU before the flip-sum
-        s = F.interpolate(m, strided_size(h, w), mode="bilinear", align_corners=False)[0]
-        r = F.interpolate(m, padded_size(h, w), mode="bilinear", align_corners=False)[0]
-        strided, high = (s, r) if strided is None else (strided + s, high + r)
+        a, stride = raw_maps(batch)
+        with torch.no_grad():
+            m = (a[0] + a[1].flip(-1))[None]  # the method's ReLU before the flip-sum
+            s = F.interpolate(m, strided_size(h, w), mode="bilinear", align_corners=False)[0]
+            r = F.interpolate(m, padded_size(h, w, stride), mode="bilinear", align_corners=False)[0]
+            strided, high = (s, r) if strided is None else (strided + s, high + r)
     return normalize_max(strided), normalize_max(high[:, :h, :w])
 
 
-class CAMPredictor(L.LightningModule):
-    """Wraps a backbone and per-class weights [C,D] for `trainer.predict` over MultiScaleDataset."""
+class SeedPredictor(L.LightningModule):
+    """Wraps a classifier and a seed method for `trainer.predict` over MultiScaleDataset.
 
-    def __init__(self, backbone: nn.Module, weights: torch.Tensor):
+    `maps(model, images, keys)` is a method's raw maps (wsss/seed_methods/). A method that
+    backpropagates (`needs_grad`) runs with gradients on; its trainer must be built with
+    `inference_mode=False`, since tensors made in inference mode cannot enter autograd."""
+
+    def __init__(self, model: nn.Module, maps, needs_grad: bool):
         super().__init__()
-        self.backbone = backbone
-        self.register_buffer("weights", weights.detach().clone())
+        self.model, self.maps, self.needs_grad = model, maps, needs_grad
 
     def predict_step(self, item, batch_idx):
-        keys = torch.as_tensor(item["keys"], dtype=torch.long, device=self.weights.device)
-        views = [v.to(self.weights.device) for v in item["views"]]
-        strided, high = multiscale_cam(self.backbone, self.weights[keys], views, item["size"])
+        device = next(self.model.parameters()).device
+        keys = torch.as_tensor(item["keys"], dtype=torch.long, device=device)
+        views = [v.to(device) for v in item["views"]]
+        with torch.enable_grad() if self.needs_grad else torch.no_grad():
+            strided, high = multiscale_maps(lambda batch: self.maps(self.model, batch, keys), len(keys), views,
+                                            item["size"])
         return {"id": item["id"], "keys": item["keys"],
                 "strided": strided.float().cpu().numpy(), "high_res": high.float().cpu().numpy()}
 

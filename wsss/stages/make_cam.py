@@ -1,6 +1,7 @@
-"""make_cam: multi-scale + flip class activation maps for every image of `cam.splits` (§3).
+"""make_cam: multi-scale + flip seed maps for every image of `cam.splits` (§3), by the method `cam.method`.
 
-In:  the train_cls checkpoint (cam=cam) or the train_recam one (cam=recam); the images and their image-level labels (present classes only).
+In:  the train_cls checkpoint (cam=cam and every other method, wsss/seed_methods/) or the train_recam one
+     (cam=recam); the images and their image-level labels (present classes only).
 Out: one `<id>.npz` per image (contract.md: keys int64 [K], high_res float16 [K,H,W], strided
      float16 [K,⌈H/4⌉,⌈W/4⌉], max-normalised). Resumable: images already written are skipped.
 Runs through Lightning's predict loop, so it shards across devices with trainer=ddp.
@@ -8,15 +9,18 @@ Runs through Lightning's predict loop, so it shards across devices with trainer=
 from __future__ import annotations
 
 import shutil
+import time
+from functools import partial
 from pathlib import Path
 
 from wsss import artifacts
-from wsss.cam import CAMPredictor, SeedWriter, missing_ids
+from wsss.cam import SeedPredictor, SeedWriter, missing_ids
 from wsss.data import open_dataset
 from wsss.data.datasets import MultiScaleDataset, loader, single_item
 from wsss.errors import UserError
 from wsss.models.classifier import load_checkpoint, load_classifier
 from wsss.models.recam import ReCAMModule
+from wsss.seed_methods import method_module, options
 from wsss.training import build_trainer, checkpoint_path
 
 VERSION = 1
@@ -31,6 +35,8 @@ def identity(cfg) -> dict:
              "precision": str(cfg.trainer.precision)}
     if c.method == "recam":
         ident["map_weights"] = c.map_weights
+    elif c.method != "cam":  # a method's own settings (target layers, batch size, …)
+        ident["options"] = options(c)
     return ident
 
 
@@ -39,20 +45,16 @@ def upstream(cfg) -> list[str]:
 
 
 def model_stage(cfg) -> str:
-    if cfg.cam.method not in ("cam", "recam"):
-        raise UserError(f"cam.method={cfg.cam.method!r}: choose cam or recam")
+    method_module(cfg.cam.method)  # a known method
     return "train_recam" if cfg.cam.method == "recam" else "train_cls"
 
 
 def load_maps_model(cfg):
-    """(backbone, per-class map weights [C,D], input normalisation) of the configured method."""
+    """(the classifier the configured method reads, its input normalisation)."""
     stage = model_stage(cfg)
     path = checkpoint_path(artifacts.require(cfg, stage, "make_cam").path)
-    if stage == "train_recam":
-        model = load_checkpoint(path, ReCAMModule)
-        return model.backbone, model.cam_weights(cfg.cam.map_weights), model.normalization
-    model = load_classifier(path)
-    return model.backbone, model.cam_weights(), model.normalization
+    model = load_checkpoint(path, ReCAMModule) if stage == "train_recam" else load_classifier(path)
+    return model, model.normalization
 
 
 def estimated_bytes(layout, ids) -> int:
@@ -84,16 +86,22 @@ def run(cfg, out_dir: Path) -> dict:
     ids = layout.ids_of(cfg.cam.splits)
     todo = missing_ids(out_dir, ids)
     check_disk_space(layout, todo, out_dir)
+    timing = {}
     if todo:
-        backbone, weights, norm = load_maps_model(cfg)
-        predictor = CAMPredictor(backbone, weights)
+        model, norm = load_maps_model(cfg)
+        method = method_module(cfg.cam.method)
+        predictor = SeedPredictor(model, partial(method.maps, **options(cfg.cam)), method.NEEDS_GRAD)
         images = loader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm), 1, cfg.num_workers,
                         collate_fn=single_item)
-        trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)])
+        trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)],
+                                inference_mode=not method.NEEDS_GRAD)
+        start = time.time()
         trainer.predict(predictor, images, return_predictions=False)
         trainer.strategy.barrier()  # every rank has written its shard
+        # device-seconds per image (wall time × devices / images), the cost of the method at these scales
+        timing = {"make_cam/seconds_per_image": (time.time() - start) * trainer.world_size / len(todo)}
     left = missing_ids(out_dir, ids)
     if left:
         raise RuntimeError(f"make_cam finished but {len(left)} seed files are missing in {out_dir} "
                            f"(e.g. {left[0]}); re-run to complete them")
-    return {"make_cam/images": len(ids), "make_cam/computed": len(todo)}
+    return {"make_cam/images": len(ids), "make_cam/computed": len(todo), **timing}

@@ -86,6 +86,11 @@ class ResNetTrunk(nn.Module):
             x = x.detach()
         return self.layer4(self.layer3(x))
 
+    def stage_names(self, min_stride: int = 8) -> list[str]:
+        """The stage outputs from stride `min_stride` on, before the trunk's own output (layer4)."""
+        strides = {"layer1": 4, "layer2": 8, "layer3": 16}
+        return [n for n, s in strides.items() if s >= min_stride]
+
     def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """IRN's five stage outputs: the stem after max-pooling (/4), layer1 (/4), layer2 (/8), layer3, layer4 (/16)."""
         feats = [self.stem(x)]

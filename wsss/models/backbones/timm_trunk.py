@@ -96,6 +96,10 @@ class TimmTrunk(nn.Module):
                 x = x.detach()
         return net.bn2(net.conv_head(x))
 
+    def stage_names(self, min_stride: int = 8) -> list[str]:
+        """timm's feature levels from stride `min_stride` on (EfficientNet-Lite0 from 8: blocks 2, 4, 6), as module names."""
+        return [f"net.{f['module']}" for f in self.net.feature_info if f["reduction"] >= min_stride]
+
     def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The outputs of timm's feature levels from stride 4 on (IRN's boundary branch reads one per stage;
         EfficientNet-Lite0: 24 ch /4, 40 /8, 112 /16, 320 /16), without the head convolution."""

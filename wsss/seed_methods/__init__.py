@@ -1,0 +1,39 @@
+"""Seed methods: how a trained classifier's evidence for each present class becomes a map.
+
+One small module per method, all with CAM's interface (wsss/seed_methods/cam.py):
+
+    NEEDS_GRAD: bool    whether the method backpropagates (make_cam then leaves inference mode)
+    maps(model, images, keys, **options) -> (maps, stride)
+
+`images` is one scale's batch of views (the image and its horizontal flip, [2,3,h,w]), `keys` the
+present classes; `maps` [2,K,h',w'] are the method's raw maps (never min-max normalised, the method's
+own ReLU applied) on a grid of `stride` input pixels per cell. wsss.cam.multiscale_maps combines them
+exactly as CAM's: flip-sum, resize, sum over scales, per-class max normalisation. `options` are the
+method's keys in its `conf/cam/<method>.yaml`.
+
+The explainability libraries compute maps for one image at one scale, min-max normalised and resized to
+the input; a seed needs raw maps summed over scales and flips first. Where torchcam computes a method's
+maps correctly we call it with `normalized=False` (Grad-CAM, XGrad-CAM, LayerCAM's per-layer maps);
+each other module says why it does not.
+"""
+from __future__ import annotations
+
+import importlib
+
+from wsss.errors import UserError
+
+METHODS = ("cam", "recam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "reciprocam", "saliency",
+           "guided_backprop")
+NOT_OPTIONS = ("method", "scales", "threshold", "splits", "train")  # cam.* keys every method has, or train_recam's
+
+
+def method_module(name: str):
+    """The module of seed method `name` (recam shares CAM's: only the weights differ)."""
+    if name not in METHODS:
+        raise UserError(f"cam={name}: unknown seed method; choose one of {', '.join(METHODS)}")
+    return importlib.import_module(f"wsss.seed_methods.{'cam' if name == 'recam' else name}")
+
+
+def options(cam_cfg) -> dict:
+    """The method's own settings: the keys of its cam config beyond those every method has."""
+    return {k: v for k, v in dict(cam_cfg).items() if k not in NOT_OPTIONS}
