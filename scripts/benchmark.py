@@ -3,6 +3,7 @@
     python scripts/benchmark.py crf [--images N] [--workers 1 2] [overrides...]
     python scripts/benchmark.py trunk [--backbones resnet18 tf_efficientnet_lite0] [--size 224] [--batch 16]
     python scripts/benchmark.py walk [--classes 1 3 20] [--repeats 3]
+    python scripts/benchmark.py seeds [--methods cam gradcam ...] [--scales 1.0 0.5 1.5] [--present 2] [--repeats 1]
 
 `crf`: make_pseudo's CRF pass (refine=crf) over the first N seeds of the configured make_cam
 artifact, once per worker count, into throw-away directories; prints seconds, images/s and the
@@ -20,6 +21,11 @@ trunks, image + flip) and the random walk (affinities, sparse transition, 256 st
 500×375 photo (VOC's usual size) and a 500×500 one, for K present classes; seconds (best of --repeats)
 and the walk's peak memory (the process's peak RSS growth over a warmed-up baseline), beside the
 reference's dense transition matrix (n² float32, before its squarings need a second one).
+
+`seeds`: make_cam's work for one 500×375 image (VOC's usual size) with `--present` classes, per seed
+method (wsss/seed_methods/), on one Lite0 classifier with the packaged ImageNet weights: the image and its flip
+at each of `--scales` (default voc_small's), combined as make_cam does; seconds (best of --repeats, after a
+small warm-up) and the ratio to CAM, all in one process.
 """
 from __future__ import annotations
 
@@ -104,6 +110,44 @@ def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> No
         print(f"{name:<24} {layout:<14} {step_s:7.3f} {step_s / rows[0][2]:6.2f} {cam_s:7.3f} {cam_s / rows[0][3]:6.2f}")
 
 
+def bench_seeds(methods: list[str], scales: list[float], classes: int, repeats: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from wsss.cam import multiscale_maps
+    from wsss.models.classifier import ClassifierModule
+    from wsss.seed_methods import method_module
+
+    torch.manual_seed(0)
+    model = ClassifierModule(20, "tf_efficientnet_lite0", "packaged").eval()
+    image = torch.randn(3, 375, 500)
+    views = [torch.stack([v, v.flip(-1)]) for v in
+             (F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)[0] for s in scales)]
+    keys = torch.arange(classes)
+    rows = []
+    for name in methods:
+        method = method_module(name)
+
+        def seeds(views=views, method=method):
+            with torch.enable_grad() if method.NEEDS_GRAD else torch.no_grad():
+                multiscale_maps(lambda b: method.maps(model, b, keys), classes, views, (375, 500))
+
+        seeds([min(views, key=lambda v: v.numel())])  # warm-up: the smallest scale
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            seeds()
+            times.append(time.perf_counter() - start)
+        rows.append((name, min(times)))
+        print(f"{name:<16} {rows[-1][1]:8.2f} s", flush=True)
+    print(f"\nseed methods on {torch.get_num_threads()} threads: one 500×375 image + flip at scales {scales}, "
+          f"{classes} present classes, Lite0 (1,280 channels at stride 16)")
+    base = dict(rows).get("cam")
+    print(f"{'method':<16} {'s/image':>8} {'× CAM':>7}")
+    for name, sec in rows:
+        print(f"{name:<16} {sec:8.2f} {sec / base if base else float('nan'):7.1f}")
+
+
 WALK_CASE = """
 import json, resource, sys, time
 import numpy as np, torch
@@ -155,7 +199,11 @@ def bench_walk(classes: list[int], repeats: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["crf", "trunk", "walk"])
+    ap.add_argument("what", choices=["crf", "trunk", "walk", "seeds"])
+    ap.add_argument("--methods", nargs="+", default=["cam", "gradcam", "gradcampp", "xgradcam", "layercam",
+                                                      "reciprocam", "saliency", "guided_backprop", "scorecam"])
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5])
+    ap.add_argument("--present", type=int, default=2, help="seeds: present classes")
     ap.add_argument("--classes", type=int, nargs="+", default=[1, 3, 20])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -169,6 +217,8 @@ def main(argv=None) -> int:
         bench_trunk(args.backbones, args.size, args.batch, args.repeats)
     elif args.what == "walk":
         bench_walk(args.classes, args.repeats)
+    elif args.what == "seeds":
+        bench_seeds(args.methods, args.scales, args.present, args.repeats)
     else:
         bench_crf(load_cfg(args.overrides), args.images, args.workers)
     return 0

@@ -60,8 +60,9 @@ def test_voc_layout_tree_without_annotations(tmp_path, voc200):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_share_the_store(tmp_path):
-    """trainer=ddp: Lightning re-runs the program per rank; only rank 0 locks, writes and seals."""
-    cmd = [sys.executable, "-m", "wsss", f"paths.root={tmp_path}",  # stages=all
+    """trainer=ddp: Lightning re-runs the program per rank; only rank 0 locks, writes and seals. The seeds come
+    from a gradient method, whose predict loop leaves inference mode on every rank."""
+    cmd = [sys.executable, "-m", "wsss", f"paths.root={tmp_path}", "cam=gradcampp",  # stages=all
            *[o for o in TINY if o != "trainer=cpu"], "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

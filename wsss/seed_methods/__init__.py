@@ -35,5 +35,8 @@ def method_module(name: str):
 
 
 def options(cam_cfg) -> dict:
-    """The method's own settings: the keys of its cam config beyond those every method has."""
-    return {k: v for k, v in dict(cam_cfg).items() if k not in NOT_OPTIONS}
+    """The method's own settings as plain values: the keys of its cam config beyond those every method has."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cam_cfg, resolve=True) if OmegaConf.is_config(cam_cfg) else dict(cam_cfg)
+    return {k: v for k, v in plain.items() if k not in NOT_OPTIONS}
