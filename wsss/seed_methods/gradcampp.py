@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torchcam.methods import GradCAMpp
 
-from wsss.seed_methods.layers import grid_stride, one_layer, per_class
+from wsss.seed_methods.layers import torchcam_maps
 
 NEEDS_GRAD = True
 
@@ -31,7 +31,4 @@ class CorrectedGradCAMpp(GradCAMpp):
 
 
 def maps(model, images, keys, target_layers=None):
-    with CorrectedGradCAMpp(model, one_layer(model, target_layers)) as extractor:
-        scores = model(images)
-        out = per_class(lambda c, keep: extractor(c, scores, normalized=False, retain_graph=keep)[0], keys)
-    return out, grid_stride(images, out)
+    return torchcam_maps(CorrectedGradCAMpp, model, images, keys, target_layers)

@@ -65,6 +65,15 @@ def per_class(class_map, keys: torch.Tensor) -> torch.Tensor:
     return torch.stack([class_map(c, i < len(keys) - 1).detach() for i, c in enumerate(keys)], 1)
 
 
+def torchcam_maps(extractor_class, model: nn.Module, images: torch.Tensor, keys: torch.Tensor, target_layers):
+    """One layer's raw maps [B,K,h,w] by a torchcam extractor (`normalized=False`: no min-max), and their stride;
+    its hooks live only inside the `with`."""
+    with extractor_class(model, one_layer(model, target_layers)) as extractor:
+        scores = model(images)
+        out = per_class(lambda c, keep: extractor(c, scores, normalized=False, retain_graph=keep)[0], keys)
+    return out, grid_stride(images, out)
+
+
 def grid_stride(images: torch.Tensor, maps: torch.Tensor) -> int:
     """Input pixels per map cell: the power of two s with ⌈H/s⌉×⌈W/s⌉ = the map's size."""
     (h, w), (mh, mw) = images.shape[-2:], maps.shape[-2:]

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from torchcam.methods import XGradCAM
 
-from wsss.seed_methods.layers import grid_stride, one_layer, per_class
+from wsss.seed_methods.layers import torchcam_maps
 
 NEEDS_GRAD = True
 
 
 def maps(model, images, keys, target_layers=None):
-    with XGradCAM(model, one_layer(model, target_layers)) as extractor:
-        scores = model(images)
-        out = per_class(lambda c, keep: extractor(c, scores, normalized=False, retain_graph=keep)[0], keys)
-    return out, grid_stride(images, out)
+    return torchcam_maps(XGradCAM, model, images, keys, target_layers)
