@@ -25,7 +25,7 @@ reference's dense transition matrix (n² float32, before its squarings need a se
 `seeds`: make_cam's work for one 500×375 image (VOC's usual size) with `--present` classes, per seed
 method (wsss/seed_methods/), on one Lite0 classifier with the packaged ImageNet weights: the image and its flip
 at each of `--scales` (default voc_small's), combined as make_cam does; seconds (best of --repeats, after a
-small warm-up) and the ratio to CAM, all in one process.
+warm-up) and the ratio to CAM, all in one process.
 """
 from __future__ import annotations
 
@@ -124,6 +124,8 @@ def bench_seeds(methods: list[str], scales: list[float], classes: int, repeats: 
     views = [torch.stack([v, v.flip(-1)]) for v in
              (F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)[0] for s in scales)]
     keys = torch.arange(classes)
+    with torch.no_grad():  # warm-up of the trunk at every scale, so that the first method timed pays no first-call costs
+        multiscale_maps(lambda b: method_module("cam").maps(model, b, keys), classes, views, (375, 500))
     rows = []
     for name in methods:
         method = method_module(name)
