@@ -293,7 +293,7 @@ def test_sweep_over_every_method_trains_one_classifier(tmp_path):
     inference mode), writes one seed artifact per method in the contract's format with its time per image,
     and eval_cam scores each at its stated τ."""
     cmd = [sys.executable, "-m", "wsss", "-m", f"cam={','.join(GRADIENT_FREE_OR_NOT)}",
-           "stages=[train_cls,make_cam,eval_cam]", *TINY, "cam.scales=[1.0]"]
+           "stages=[train_cls,make_cam,eval_cam]", *TINY, "cam.scales=[0.5]"]  # 24-40 px: Score-CAM stays cheap
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     store = tmp_path / "artifacts"
