@@ -111,18 +111,18 @@ def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> No
 
 
 def bench_seeds(methods: list[str], scales: list[float], classes: int, repeats: int) -> None:
+    import numpy as np
     import torch
-    import torch.nn.functional as F
 
     from wsss.cam import multiscale_maps
+    from wsss.data.transforms import multiscale_views
     from wsss.models.classifier import ClassifierModule
     from wsss.seed_methods import method_module
 
     torch.manual_seed(0)
     model = ClassifierModule(20, "tf_efficientnet_lite0", "packaged").eval()
-    image = torch.randn(3, 375, 500)
-    views = [torch.stack([v, v.flip(-1)]) for v in
-             (F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)[0] for s in scales)]
+    image = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    views = multiscale_views(image, scales, model.normalization)  # make_cam's own views
     keys = torch.arange(classes)
     with torch.no_grad():  # warm-up of the trunk at every scale, so that the first method timed pays no first-call costs
         multiscale_maps(lambda b: method_module("cam").maps(model, b, keys), classes, views, (375, 500))

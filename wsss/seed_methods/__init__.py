@@ -38,5 +38,4 @@ def options(cam_cfg) -> dict:
     """The method's own settings as plain values: the keys of its cam config beyond those every method has."""
     from omegaconf import OmegaConf
 
-    plain = OmegaConf.to_container(cam_cfg, resolve=True) if OmegaConf.is_config(cam_cfg) else dict(cam_cfg)
-    return {k: v for k, v in plain.items() if k not in NOT_OPTIONS}
+    return {k: v for k, v in OmegaConf.to_container(cam_cfg, resolve=True).items() if k not in NOT_OPTIONS}

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from torchcam.methods import GradCAM
 
-from wsss.seed_methods.layers import torchcam_maps
+from wsss.seed_methods.layers import one_layer, torchcam_maps
 
 NEEDS_GRAD = True
 
 
 def maps(model, images, keys, target_layers=None):
-    return torchcam_maps(GradCAM, model, images, keys, target_layers)
+    return torchcam_maps(GradCAM, model, images, keys, [one_layer(model, target_layers)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torchcam.methods import GradCAMpp
 
-from wsss.seed_methods.layers import torchcam_maps
+from wsss.seed_methods.layers import one_layer, torchcam_maps
 
 NEEDS_GRAD = True
 
@@ -31,4 +31,4 @@ class CorrectedGradCAMpp(GradCAMpp):
 
 
 def maps(model, images, keys, target_layers=None):
-    return torchcam_maps(CorrectedGradCAMpp, model, images, keys, target_layers)
+    return torchcam_maps(CorrectedGradCAMpp, model, images, keys, [one_layer(model, target_layers)])

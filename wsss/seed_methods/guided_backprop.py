@@ -41,6 +41,7 @@ def guided_relus(model: nn.Module):
         for m, flag in zip(relus, inplace, strict=True):
             m.inplace = flag
 
+
 def maps(model, images, keys):
     with guided_relus(model):
         return input_gradient_maps(model, images, keys), 1

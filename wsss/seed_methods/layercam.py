@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchcam.methods import LayerCAM
 
-from wsss.seed_methods.layers import grid_stride, per_class, resolve_layers, stage_layers
+from wsss.seed_methods.layers import resolve_layers, stage_layers, torchcam_maps
 
 NEEDS_GRAD = True
 
@@ -35,8 +35,4 @@ def fuse_layers(cams: list[torch.Tensor], gamma: float) -> torch.Tensor:
 
 def maps(model, images, keys, target_layers=None, gamma: float = 2.0):
     layers = resolve_layers(model, target_layers or stage_layers(model))
-    with LayerCAM(model, layers) as extractor:
-        scores = model(images)
-        out = per_class(lambda c, keep: fuse_layers(extractor(c, scores, normalized=False, retain_graph=keep),
-                                                    gamma), keys)
-    return out, grid_stride(images, out)
+    return torchcam_maps(LayerCAM, model, images, keys, layers, lambda cams: fuse_layers(cams, gamma))

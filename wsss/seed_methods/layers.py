@@ -65,12 +65,14 @@ def per_class(class_map, keys: torch.Tensor) -> torch.Tensor:
     return torch.stack([class_map(c, i < len(keys) - 1).detach() for i, c in enumerate(keys)], 1)
 
 
-def torchcam_maps(extractor_class, model: nn.Module, images: torch.Tensor, keys: torch.Tensor, target_layers):
-    """One layer's raw maps [B,K,h,w] by a torchcam extractor (`normalized=False`: no min-max), and their stride;
-    its hooks live only inside the `with`."""
-    with extractor_class(model, one_layer(model, target_layers)) as extractor:
+def torchcam_maps(extractor_class, model: nn.Module, images: torch.Tensor, keys: torch.Tensor, layers: list[str],
+                  combine=lambda cams: cams[0]):
+    """Raw maps [B,K,h,w] by a torchcam extractor on `layers` (`normalized=False`: no min-max), the per-layer
+    maps of each class made one by `combine` (default: the only layer's), and their stride; the extractor's
+    hooks live only inside the `with`."""
+    with extractor_class(model, layers) as extractor:
         scores = model(images)
-        out = per_class(lambda c, keep: extractor(c, scores, normalized=False, retain_graph=keep)[0], keys)
+        out = per_class(lambda c, keep: combine(extractor(c, scores, normalized=False, retain_graph=keep)), keys)
     return out, grid_stride(images, out)
 
 
