@@ -155,3 +155,37 @@ def test_detach_after_layer2_stops_gradients():
 def test_image_without_labels_gets_empty_maps_of_the_contract_shape():
     strided, high = multiscale_cam(Pool16(), torch.zeros(0, 3), _views(torch.rand(3, 40, 48)), (40, 48))
     assert strided.shape == (0, 10, 12) and high.shape == (0, 40, 48)
+
+
+def test_channels_last_weights_give_the_same_maps():
+    """make_cam runs with channels-last weights (training.ChannelsLast): only the memory order changes."""
+    torch.manual_seed(0)
+    trunk = build_backbone("resnet18", weights=None).eval()
+    weights = torch.randn(3, trunk.out_channels) * 0.05
+    image = np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8)
+    views = multiscale_views(image, [1.0, 0.5, 1.5], (IMAGENET_MEAN, IMAGENET_STD))
+    want = multiscale_cam(trunk, weights, views, image.shape[:2])
+    got = multiscale_cam(trunk.to(memory_format=torch.channels_last), weights, views, image.shape[:2])
+    for g, w in zip(got, want, strict=True):
+        assert (g - w).abs().max() < 1e-5
+
+
+def test_seed_writer_writes_in_the_background_and_raises_a_failed_write(tmp_path, monkeypatch):
+    from wsss import cam
+    from wsss.io import load_seed
+
+    writer = cam.SeedWriter(tmp_path, pending=2)
+    for i in range(5):
+        pred = {"id": f"im{i}", "keys": np.array([i]), "high_res": np.full((1, 4, 4), i / 10, np.float32),
+                "strided": np.zeros((1, 1, 1), np.float32)}
+        writer.write_on_batch_end(None, None, pred, None, None, i, 0)
+    writer.flush()
+    assert [load_seed(cam.seed_file(tmp_path, f"im{i}"))["keys"].tolist() for i in range(5)] == [[i] for i in range(5)]
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cam, "save_seed", broken)
+    writer.write_on_batch_end(None, None, {**pred, "id": "bad"}, None, None, 5, 0)
+    with pytest.raises(OSError, match="disk full"):
+        writer.flush()

@@ -75,3 +75,32 @@ def test_sweep_with_no_present_class_is_all_background():
     sweep.update(np.zeros((0, 2, 2), np.float16), np.zeros(0, np.int64), np.array([[0, 1], [2, 255]]))
     for conf in sweep.confusions():
         assert conf[:, 0].sum() == 3 and conf[:, 1:].sum() == 0
+
+
+def test_eval_pass_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """eval_cam's pass keeps confusion counts only: its peak allocation for 16 images is that of 4."""
+    import tracemalloc
+
+    from wsss.cam import seed_file
+    from wsss.io import save_seed
+    from wsss.stages.eval_cam import accumulate
+
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 4, (120, 160)).astype(np.uint8)
+    for i in range(16):
+        save_seed(seed_file(tmp_path, f"im{i}"), np.array([0, 2]), rng.random((2, 120, 160)), rng.random((2, 30, 40)))
+
+    class Layout:
+        def read_mask(self, img_id):
+            return gt
+
+    def peak(n):
+        sweeps = [ThresholdSweep(np.linspace(0.05, 0.95, 91), 4), ThresholdSweep([0.3], 4)]
+        tracemalloc.start()
+        accumulate(Layout(), tmp_path, [f"im{i}" for i in range(n)], sweeps, desc="test")
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(4), peak(16)
+    assert large < 1.1 * small, (small, large)

@@ -183,7 +183,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 
 def test_memory_of_the_walk_on_a_large_photo_is_bounded():
     """A 500×500 photo with all 20 classes present: the walk's peak adds < 300 MB to the process
-    (`scripts/benchmark.py walk`: ~120 MB; the reference's dense transition alone would be 931 MiB)."""
+    (`scripts/bench_parts.py walk`: ~120 MB; the reference's dense transition alone would be 931 MiB)."""
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) < 300

@@ -11,6 +11,8 @@ are combined the same way, with r⌈H/r⌉×r⌈W/r⌉ in place of the 16-pixel 
 from __future__ import annotations
 
 import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -58,6 +60,7 @@ def multiscale_maps(raw_maps, num_keys: int, views, size) -> tuple[torch.Tensor,
     for batch in views:
         a, stride = raw_maps(batch)
         with torch.no_grad():
+            a = a.float()  # under autocast (trainer.precision=16-mixed) the maps come in half precision
             m = (a[0] + a[1].flip(-1))[None]  # the method's ReLU before the flip-sum
             s = F.interpolate(m, strided_size(h, w), mode="bilinear", align_corners=False)[0]
             r = F.interpolate(m, padded_size(h, w, stride), mode="bilinear", align_corners=False)[0]
@@ -88,15 +91,43 @@ class SeedPredictor(L.LightningModule):
 
 
 class SeedWriter(BasePredictionWriter):
-    """Writes each image's seeds as `<out_dir>/<id>.npz` (atomic), keeping nothing in memory."""
+    """Writes each image's seeds as `<out_dir>/<id>.npz` (atomic) on a background thread: compressing and
+    writing one image overlaps the next one's forward passes (zlib releases the GIL). At most `pending`
+    images wait in memory; a failed write raises in the predict loop at the next image or at the end."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, pending: int = 4):
         super().__init__(write_interval="batch")
-        self.out_dir = Path(out_dir)
+        self.out_dir, self.pending = Path(out_dir), pending
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes: deque[Future] = deque()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        save_seed(seed_file(self.out_dir, prediction["id"]), prediction["keys"],
-                  prediction["high_res"], prediction["strided"])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="seed-writer")
+        while len(self._writes) >= self.pending or (self._writes and self._writes[0].done()):
+            self._writes.popleft().result()
+        self._writes.append(self._pool.submit(save_seed, seed_file(self.out_dir, prediction["id"]),
+                                              prediction["keys"], prediction["high_res"], prediction["strided"]))
+
+    def on_predict_end(self, trainer, pl_module):
+        self.flush()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.flush(raise_errors=False)  # the files written so far stay; the run is resumable
+
+    def flush(self, raise_errors: bool = True) -> None:
+        """Wait for every pending write (re-raising the first failure)."""
+        try:
+            while self._writes:
+                write = self._writes.popleft()
+                if raise_errors:
+                    write.result()
+                else:
+                    write.exception()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
 
 def seed_file(out_dir: Path, img_id: str) -> Path:

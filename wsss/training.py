@@ -30,16 +30,18 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
 
 
 class ChannelsLast(L.Callback):
-    """Puts the module's 4-D weights in channels-last memory order before training: convolutions then
-    run in NHWC, faster on CPU (`scripts/benchmark.py trunk --size 256`, 2 cores, one run: train step
-    ×1.40 for EfficientNet-Lite0, ×1.20 for ResNet-18) and the layout tensor cores want on GPU. Training
-    only: its crops have one size, while inference sees a new size per image, which that benchmark (one
-    repeated shape) does not measure. Values and state-dict keys are unchanged; only the layout differs."""
+    """Puts the module's 4-D weights in channels-last memory order before training and prediction:
+    convolutions then run in NHWC (a conv whose weight is channels-last returns channels-last output, so
+    the inputs need no conversion), faster on CPU and the layout tensor cores want on GPU. Values and
+    state-dict keys are unchanged; only the layout differs (maps equal to 1e-5: tests/test_cam.py).
+    2 cores, one run each: train step ×1.40 for EfficientNet-Lite0, ×1.20 for ResNet-18
+    (`scripts/bench_parts.py trunk --size 256`); make_cam on VOC-sized images of varying sizes, where
+    every new shape costs oneDNN a new plan, in `scripts/bench.py` (README, Performance)."""
 
     def setup(self, trainer, pl_module, stage):
         import torch
 
-        if stage == "fit":
+        if stage in ("fit", "predict"):
             pl_module.to(memory_format=torch.channels_last)
 
 

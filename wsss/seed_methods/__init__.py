@@ -24,7 +24,7 @@ from wsss.errors import UserError
 
 METHODS = ("cam", "recam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "reciprocam", "saliency",
            "guided_backprop")
-NOT_OPTIONS = ("method", "scales", "threshold", "splits", "train")  # cam.* keys every method has, or train_recam's
+NOT_OPTIONS = ("method", "scales", "threshold", "splits", "precision", "train")  # cam.* keys every method has, or train_recam's
 
 
 def method_module(name: str):

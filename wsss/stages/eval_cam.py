@@ -20,6 +20,7 @@ from wsss.data import open_dataset
 from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, write_json
 from wsss.metrics import ThresholdSweep, pixel_errors, scores, threshold_cams
+from wsss.stages import make_cam
 from wsss.viz import colour_labels, heatmap, save_curve, save_panel
 
 VERSION = 1
@@ -105,6 +106,7 @@ def _metrics(prefix, s, class_names, tau, best_miou, best_tau) -> dict:
 def _protocol(cfg, split) -> dict:
     return {"protocol/eval_cam/split": split, "protocol/cam/method": cfg.cam.method,
             "protocol/cam/scales": ",".join(str(s) for s in cfg.cam.scales), "protocol/cam/flip": True,
+            "protocol/cam/precision": make_cam.precision(cfg),
             "protocol/eval_cam/threshold_source": "stated (miou); swept on GT (miou_best)",
             "protocol/eval_cam/ignore": "255 ignored", "protocol/eval_cam/crf": False,
             "protocol/backbone": cfg.cls.backbone, "protocol/init": str(cfg.cls.weights),

@@ -32,12 +32,18 @@ def identity(cfg) -> dict:
     """What shapes the maps (not τ, which only eval_cam / make_pseudo use)."""
     c = cfg.cam
     ident = {"method": c.method, "scales": list(c.scales), "splits": list(c.splits),
-             "precision": str(cfg.trainer.precision)}
+             "precision": precision(cfg)}
     if c.method == "recam":
         ident["map_weights"] = c.map_weights
     elif c.method != "cam":  # a method's own settings (target layers, batch size, …)
         ident["options"] = options(c)
     return ident
+
+
+def precision(cfg) -> str:
+    """The maps' arithmetic: cam.precision, else the trainer's (bf16-mixed / 16-mixed run the method under
+    autocast; the maps are combined in float32 either way)."""
+    return str(cfg.cam.get("precision") or cfg.trainer.precision)
 
 
 def upstream(cfg) -> list[str]:
@@ -94,7 +100,7 @@ def run(cfg, out_dir: Path) -> dict:
         images = loader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm), 1, cfg.num_workers,
                         collate_fn=single_item)
         trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)],
-                                inference_mode=not method.NEEDS_GRAD)
+                                inference_mode=not method.NEEDS_GRAD, precision=precision(cfg))
         start = time.time()
         trainer.predict(predictor, images, return_predictions=False)
         trainer.strategy.barrier()  # every rank has written its shard

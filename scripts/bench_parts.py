@@ -1,15 +1,9 @@
-"""Speed benchmarks, measured as ratios within one run on one machine (never as timed tests).
+"""Benchmarks of single parts, measured as ratios within one run on one machine (never as timed tests).
+The stages themselves, against the reference loop, with peak memory: scripts/bench.py.
 
-    python scripts/benchmark.py crf [--images N] [--workers 1 2] [overrides...]
-    python scripts/benchmark.py trunk [--backbones resnet18 tf_efficientnet_lite0] [--size 224] [--batch 16]
-    python scripts/benchmark.py walk [--classes 1 3 20] [--repeats 3]
-    python scripts/benchmark.py seeds [--methods cam gradcam ...] [--scales 1.0 0.5 1.5] [--present 2] [--repeats 1]
-
-`crf`: make_pseudo's CRF pass (refine=crf) over the first N seeds of the configured make_cam
-artifact, once per worker count, into throw-away directories; prints seconds, images/s and the
-speed-up over the first worker count, after one warm-up pass (so no count profits from a cache
-the others did not have). Workers are forked, as in `wsss`. The seeds must exist: run
-`wsss stages=[train_cls,make_cam]` with the same overrides first.
+    python scripts/bench_parts.py trunk [--backbones resnet18 tf_efficientnet_lite0] [--size 224] [--batch 16]
+    python scripts/bench_parts.py walk [--classes 1 3 20] [--repeats 3]
+    python scripts/bench_parts.py seeds [--methods cam gradcam ...] [--scales 1.0 0.5 1.5] [--present 2] [--repeats 1]
 
 `trunk`: one classifier training step (forward + backward, batch × size²) and one CAM forward
 (an image and its flip at 500×375, VOC's usual size) per backbone, in contiguous (NCHW) and
@@ -31,46 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_cfg(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"paths.root={Path.cwd()}", "paths.run_dir=/tmp/wsss-bench",
-                                            "refine=crf", *overrides])
-
-
-def bench_crf(cfg, n_images: int, worker_counts: list[int]) -> None:
-    from wsss import artifacts
-    from wsss.cam import seed_file
-    from wsss.data import open_dataset
-    from wsss.pseudo import Refinement, Task, run_tasks
-    from wsss.stages.make_pseudo import thresholds
-
-    layout = open_dataset(cfg)
-    seeds = artifacts.require(cfg, "make_cam", "benchmark").path
-    ids = [i for s in cfg.cam.splits for i in layout.ids(s)][:n_images]
-    tau, fg, bg = thresholds(cfg, layout, seeds)
-    with tempfile.TemporaryDirectory() as out:  # warm-up: page cache, imports, pydensecrf
-        run_tasks([Task(i, seed_file(seeds, i), layout.image_path(i), Path(out) / f"{i}.png") for i in ids],
-                  1, Refinement(cfg.refine, tau, fg, bg), desc="warm-up")
-    rows = []
-    for workers in worker_counts:
-        with tempfile.TemporaryDirectory() as out:
-            tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), Path(out) / f"{i}.png") for i in ids]
-            start = time.perf_counter()
-            run_tasks(tasks, workers, Refinement(cfg.refine, tau, fg, bg), desc=f"CRF, {workers} workers")
-            rows.append((workers, time.perf_counter() - start))
-    print(f"\nCRF pseudo-labels ({cfg.refine.mode} unary), {len(ids)} images, {cfg.dataset.name}")
-    print("workers  seconds  images/s  speed-up")
-    for workers, sec in rows:
-        print(f"{workers:>7}  {sec:7.1f}  {len(ids) / sec:8.1f}  {rows[0][1] / sec:7.2f}x")
 
 
 def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> None:
@@ -201,28 +156,23 @@ def bench_walk(classes: list[int], repeats: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["crf", "trunk", "walk", "seeds"])
+    ap.add_argument("what", choices=["trunk", "walk", "seeds"])
     ap.add_argument("--methods", nargs="+", default=["cam", "gradcam", "gradcampp", "xgradcam", "layercam",
                                                       "reciprocam", "saliency", "guided_backprop", "scorecam"])
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5])
     ap.add_argument("--present", type=int, default=2, help="seeds: present classes")
     ap.add_argument("--classes", type=int, nargs="+", default=[1, 3, 20])
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "tf_efficientnet_lite0"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, as for wsss")
     args = ap.parse_args(argv)
     if args.what == "trunk":
         bench_trunk(args.backbones, args.size, args.batch, args.repeats)
     elif args.what == "walk":
         bench_walk(args.classes, args.repeats)
-    elif args.what == "seeds":
-        bench_seeds(args.methods, args.scales, args.present, args.repeats)
     else:
-        bench_crf(load_cfg(args.overrides), args.images, args.workers)
+        bench_seeds(args.methods, args.scales, args.present, args.repeats)
     return 0
 
 
