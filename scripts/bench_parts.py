@@ -4,6 +4,7 @@ The stages themselves, against the reference loop, with peak memory: scripts/ben
     python scripts/bench_parts.py trunk [--backbones resnet18 tf_efficientnet_lite0] [--size 224] [--batch 16]
     python scripts/bench_parts.py walk [--classes 1 3 20] [--repeats 3]
     python scripts/bench_parts.py seeds [--methods cam gradcam ...] [--scales 1.0 0.5 1.5] [--present 2] [--repeats 1]
+    python scripts/bench_parts.py precision [overrides...]
 
 `trunk`: one classifier training step (forward + backward, batch × size²) and one CAM forward
 (an image and its flip at 500×375, VOC's usual size) per backbone, in contiguous (NCHW) and
@@ -20,12 +21,19 @@ reference's dense transition matrix (n² float32, before its squarings need a se
 method (wsss/seed_methods/), on one Lite0 classifier with the packaged ImageNet weights: the image and its flip
 at each of `--scales` (default voc_small's), combined as make_cam does; seconds (best of --repeats, after a
 warm-up) and the ratio to CAM, all in one process.
+
+`precision`: what autocast does to the seeds: make_cam's maps (cam=cam) from the configured train_cls checkpoint
+(run `wsss stages=[train_cls]` with the same overrides first) for eval_cam.split, computed in float32, under
+bfloat16 and under float16 autocast on the CPU, each scored as eval_cam scores them (mIoU at the stated τ and
+at the sweep's best). Lightning turns `16-mixed` into `bf16-mixed` on a CPU, so float16 is run here through
+torch.autocast directly: the number format of a GPU's 16-mixed, though not its kernels.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> None:
@@ -154,9 +162,57 @@ def bench_walk(classes: list[int], repeats: int) -> None:
                   f"{r['nets']['tf_efficientnet_lite0']:10.2f} {r['nets']['resnet50']:8.2f}")
 
 
+def bench_precision(overrides: list[str]) -> None:
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from wsss.cam import multiscale_maps
+    from wsss.data import open_dataset
+    from wsss.data.datasets import MultiScaleDataset
+    from wsss.metrics import ThresholdSweep, scores
+    from wsss.seed_methods import method_module
+    from wsss.stages.eval_cam import sweep_thresholds
+    from wsss.stages.make_cam import load_maps_model
+
+    root = Path(__file__).resolve().parent.parent
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root={Path.cwd()}", "paths.run_dir=/tmp/wsss-bench", *overrides])
+    layout = open_dataset(cfg)
+    model, norm = load_maps_model(cfg)
+    model.eval()
+    ids = layout.ids(cfg.eval_cam.split)
+    views = MultiScaleDataset(layout, ids, cfg.cam.scales, norm)
+    taus, tau = sweep_thresholds(cfg.eval_cam.sweep), float(cfg.cam.threshold)
+    cam = method_module("cam")
+    print(f"\nseed mIoU by arithmetic: cam=cam, {len(ids)} {cfg.eval_cam.split} images of {cfg.dataset.name}, "
+          f"scales {list(cfg.cam.scales)}, stated τ {tau}")
+    print(f"{'arithmetic':<18} {'mIoU at τ':>10} {'best mIoU':>10} {'best τ':>7} {'max |Δ| vs float32':>19}")
+    reference = {}
+    for name, dtype in (("float32", None), ("bfloat16 autocast", torch.bfloat16), ("float16 autocast", torch.float16)):
+        sweep, fixed, worst = ThresholdSweep(taus, layout.num_classes + 1), ThresholdSweep([tau], layout.num_classes + 1), 0.0
+        for item in views:
+            keys = torch.as_tensor(item["keys"], dtype=torch.long)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                _, high = multiscale_maps(lambda b, keys=keys: cam.maps(model, b, keys), len(keys), item["views"],
+                                          item["size"])
+            high = high.numpy().astype(np.float16)  # as stored
+            if dtype is None:
+                reference[item["id"]] = high
+            elif high.size:
+                worst = max(worst, float(np.abs(high.astype(np.float32) - reference[item["id"]]).max()))
+            gt = layout.read_mask(item["id"])
+            for s in (sweep, fixed):
+                s.update(high, item["keys"], gt)
+        curve = [100 * scores(c)["miou"] for c in sweep.confusions()]
+        best = int(np.nanargmax(curve))
+        print(f"{name:<18} {100 * scores(fixed.confusions()[0])['miou']:10.2f} {curve[best]:10.2f} {taus[best]:7.2f} "
+              f"{worst:19.4f}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["trunk", "walk", "seeds"])
+    ap.add_argument("what", choices=["trunk", "walk", "seeds", "precision"])
     ap.add_argument("--methods", nargs="+", default=["cam", "gradcam", "gradcampp", "xgradcam", "layercam",
                                                       "reciprocam", "saliency", "guided_backprop", "scorecam"])
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5])
@@ -166,13 +222,16 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("overrides", nargs="*", help="precision: Hydra overrides, as for wsss")
     args = ap.parse_args(argv)
     if args.what == "trunk":
         bench_trunk(args.backbones, args.size, args.batch, args.repeats)
     elif args.what == "walk":
         bench_walk(args.classes, args.repeats)
-    else:
+    elif args.what == "seeds":
         bench_seeds(args.methods, args.scales, args.present, args.repeats)
+    else:
+        bench_precision(args.overrides)
     return 0
 
 
