@@ -70,6 +70,26 @@ def test_sweep_matches_direct_thresholding_including_ties():
     np.testing.assert_array_equal(sweep.confusions(), direct)
 
 
+def test_sweep_on_stored_float16_maps_equals_the_float32_path_and_direct_thresholding():
+    """Float16 maps are swept through their bit patterns (a lookup table of buckets); float32 maps and float16
+    maps holding a negative value through searchsorted: the same counts, ties (value = τ, two maps equal) included."""
+    rng = np.random.default_rng(1)
+    taus = np.array([0.125, 0.25, 0.375, 0.5, 0.75], np.float32)  # exact in float16: value = τ happens
+    grid = np.array([0, 0.125, 0.25, 0.3, 0.375, 0.5, 0.6, 0.75, 0.99], np.float16)
+    keys = np.array([0, 2, 5, 6])
+    maps = rng.choice(grid, size=(4, 13, 17))
+    maps[1, :3] = maps[0, :3]  # two classes tie on these rows: the first one wins, as argmax
+    gt = rng.integers(0, 8, (13, 17))
+    gt[rng.random(gt.shape) < 0.1] = 255
+    with_negative = maps.copy()
+    with_negative[3, 0, 0] = -0.0
+    for m in (maps, maps.astype(np.float32), with_negative):
+        sweep = ThresholdSweep(taus, 8)
+        sweep.update(m, keys, gt)
+        direct = np.stack([confusion(gt, threshold_cams(m, keys, t), 8) for t in taus])
+        np.testing.assert_array_equal(sweep.confusions(), direct)
+
+
 def test_sweep_with_no_present_class_is_all_background():
     sweep = ThresholdSweep([0.1, 0.2], 3)
     sweep.update(np.zeros((0, 2, 2), np.float16), np.zeros(0, np.int64), np.array([[0, 1], [2, 255]]))

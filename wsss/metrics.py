@@ -74,6 +74,25 @@ def threshold_cams(high_res: np.ndarray, keys: np.ndarray, threshold: float) -> 
     return label_lut(keys)[np.argmax(scored, axis=0)]
 
 
+def best_map(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max over the K maps, its index) per pixel, as np.max and np.argmax over axis 0 give them (ties to the
+    first map), one map at a time with vectorised element-wise steps (argmax over the first axis is not)."""
+    best = maps[0].copy()
+    index = np.zeros(best.shape, np.uint8 if maps.shape[0] <= 256 else np.intp)
+    for k in range(1, maps.shape[0]):
+        index = np.where(maps[k] > best, np.asarray(k, index.dtype), index)
+        best = np.maximum(best, maps[k])
+    return best, index
+
+
+def half_bits(maps: np.ndarray) -> np.ndarray | None:
+    """float16 maps ≥ 0 as their bit patterns (uint16), which order as the values do; None for other maps."""
+    if maps.dtype != np.float16:
+        return None
+    bits = maps.view(np.uint16)
+    return bits if bits.max() < 0x8000 else None  # no sign bit: no negative value (nor −0)
+
+
 class ThresholdSweep:
     """Confusion matrices for many background thresholds in one pass over the pixels.
 
@@ -89,23 +108,36 @@ class ThresholdSweep:
         self.num_labels = num_labels
         n_t = len(self.thresholds)
         self._bucketed = np.zeros((n_t + 1, num_labels, num_labels), np.int64)
+        self._half_table: np.ndarray | None = None
 
     def update(self, high_res: np.ndarray, keys: np.ndarray, gt: np.ndarray) -> None:
-        maps = high_res.astype(np.float32)
         valid = gt != IGNORE
-        if maps.shape[0] == 0:  # no present class: everything is background at any τ
-            best_val = np.full(gt.shape, -np.inf, np.float32)
+        if high_res.shape[0] == 0:  # no present class: everything is background at any τ
+            bucket = np.zeros(int(valid.sum()), np.int64)
             best_lab = np.zeros(gt.shape, np.int64)
         else:
-            best_val = maps.max(0)
-            best_lab = (np.asarray(keys) + 1)[maps.argmax(0)]
-        bucket = np.searchsorted(self.thresholds, best_val[valid], side="left")  # #{τ < m}
+            bits = half_bits(high_res)
+            best, best_idx = best_map(high_res.astype(np.float32) if bits is None else bits)
+            best_lab = (np.asarray(keys) + 1)[best_idx]
+            bucket = self._buckets(best[valid]) if bits is None else self._half_buckets()[best[valid]]  # #{τ < m}
         g = gt[valid].astype(np.int64)
         if g.size and g.max() >= self.num_labels:
             raise ValueError(f"ground truth holds label {g.max()} but there are {self.num_labels} labels")
         n = self.num_labels
         flat = (bucket * n + g) * n + best_lab[valid]
         self._bucketed += np.bincount(flat, minlength=self._bucketed.size).reshape(self._bucketed.shape)
+
+    def _buckets(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.thresholds, values, side="left")
+
+    def _half_buckets(self) -> np.ndarray:
+        """#{τ < m} for every float16 bit pattern m. Seeds are stored in float16, so each of their values is one
+        of 2^16: a table made once by the same searchsorted gives identical counts with one gather per pixel
+        instead of a binary search over the thresholds (and no conversion to float32)."""
+        if self._half_table is None:
+            every_half = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float32)
+            self._half_table = self._buckets(every_half)
+        return self._half_table
 
     def confusions(self) -> np.ndarray:
         """[T, n, n]: for threshold t, pixels with bucket > t keep their class, the rest are bg."""
