@@ -364,7 +364,8 @@ def child_train_step(state: dict, stage: str, channels_last: bool = True) -> dic
                             callbacks=[timer])
     trainer.fit(model, data)
     measured = sorted(timer.times[warm:])
-    return {"seconds_per_step": measured[len(measured) // 2], "batch": f"{batch_size}×{crop}²", "steps": len(measured)}
+    return {"seconds_per_step": measured[len(measured) // 2], "batch": f"{batch_size}×{crop}²",
+            "steps": len(measured)}
 
 
 def train_cls_parts(cfg, layout):
@@ -471,7 +472,8 @@ def summarize(r: dict, info: dict, quick: bool) -> dict:
                                     for k in ("eval_cam_half", "eval_cam_all")},
         "peak_rss_mb": {k: round(v["peak_rss_mb"], 1) for k, v in rows.items()},
         "seconds": {**{k: round(v["seconds"], 3) for k, v in rows.items() if "seconds" in v},
-                    **{f"{k}_{w}_workers": round(r[k][f"seconds_{w}_workers"], 3) for k in ("crf", "irn") for w in (1, 2)}},
+                    **{f"{k}_{w}_workers": round(r[k][f"seconds_{w}_workers"], 3)
+                       for k in ("crf", "irn") for w in (1, 2)}},
         "train_cls_seconds_per_step": round(r["train_cls"]["seconds_per_step"], 4),
         "train_seg_seconds_per_step": round(r["train_seg"]["seconds_per_step"], 4),
         "quick": quick, **info, "threads": r["make_cam"]["threads"], "cpus": len(os.sched_getaffinity(0)),

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import best_of  # scripts/bench.py, beside this file
+
 
 def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> None:
     import torch
@@ -44,12 +46,7 @@ def bench_trunk(backbones: list[str], size: int, batch: int, repeats: int) -> No
 
     def best(fn) -> float:
         fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
+        return best_of(fn, repeats)
 
     rows = []
     for name in backbones:

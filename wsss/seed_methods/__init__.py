@@ -24,7 +24,8 @@ from wsss.errors import UserError
 
 METHODS = ("cam", "recam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "reciprocam", "saliency",
            "guided_backprop")
-NOT_OPTIONS = ("method", "scales", "threshold", "splits", "precision", "train")  # cam.* keys every method has, or train_recam's
+# cam.* keys every method has, or train_recam's: not a method's own options
+NOT_OPTIONS = ("method", "scales", "threshold", "splits", "precision", "train")
 
 
 def method_module(name: str):
