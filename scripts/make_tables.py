@@ -120,18 +120,20 @@ def _paper(paper: dict, keys: list[str]) -> str:
 
 
 def per_class_rows(runs: list[dict], prefix: str) -> tuple[list[str], list[list[str]]]:
-    names = sorted({k.split("/iou/")[1] for r in runs for k in r["metrics"] if k.startswith(f"{prefix}/iou/")})
+    """One row per class (background first, then the dataset's order), one column per setting: readable at
+    COCO's 80 classes as at VOC's 20."""
+    names = list(dict.fromkeys(k.split("/iou/")[1] for r in runs for k in r["metrics"] if k.startswith(f"{prefix}/iou/")))
     if not names:
         sys.exit(f"make_tables: no per-class IoU under {prefix}/iou/ in these runs")
     groups, _ = group_runs(runs)
     rows = []
-    for label, members in groups.items():
-        row = [label]
-        for n in names:
+    for n in names:
+        row = [n]
+        for members in groups.values():
             values = [r["metrics"][f"{prefix}/iou/{n}"] for r in members if f"{prefix}/iou/{n}" in r["metrics"]]
             row.append(f"{mean_std(values)[0]:.1f}" if values else "—")
         rows.append(row)
-    return ["setting"] + names, rows
+    return [f"{prefix} IoU"] + list(groups), rows
 
 
 def render(header: list[str], rows: list[list[str]], kind: str) -> str:

@@ -83,3 +83,18 @@ def test_method_rows_carry_best_threshold_and_seconds_per_image(tmp_path, capsys
     assert out[0].startswith("| setting | n | eval_cam/train/miou | eval_cam/train/miou_best | "
                              "eval_cam/train/threshold_best | make_cam/seconds_per_image |")
     assert "| 30.0 | 33.3 | 0.40 | 1.40 |" in next(line for line in out if line.startswith("| cam=gradcam |"))
+
+
+def test_per_class_table_has_a_row_per_class_in_dataset_order_at_80_classes(tmp_path, capsys):
+    from wsss.prepare.coco import CLASS_NAMES
+
+    names = ["background", *CLASS_NAMES]
+    for seed in (0, 1):
+        for cam in ("cam", "recam"):
+            per_class = {f"eval_cam/train/iou/{n}": float(i + seed + (cam == "recam")) for i, n in enumerate(names)}
+            fake_run(tmp_path / f"{cam}{seed}", [f"cam={cam}", f"seed={seed}"], {"eval_cam/train/miou": 1.0, **per_class})
+    make_tables.main([str(tmp_path), "--per-class", "eval_cam/train", "--format", "csv"])
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("eval_cam/train IoU,cam=cam,cam=recam"):]
+    assert len(table) == 1 + 81
+    assert table[1] == "background,0.5,1.5" and table[-1] == "toothbrush,80.5,81.5"  # mean over the two seeds

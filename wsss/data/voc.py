@@ -2,8 +2,10 @@
 
 ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png (palette PNG read as indices),
 ROOT/ImageSets/Segmentation/<split>.txt, optional ROOT/Annotations/<id>.xml.
-Image-level labels come from the XML files where they exist (as in the references, difficult
-objects included), else from SBD's cls/<id>.mat, else from the masks (0 and 255 never a label).
+Image-level labels come from ROOT/cls_labels.json when the tree has one (id → class names; COCO's
+preparation writes it from the annotation file), else from the XML files where they exist (as in the
+references, difficult objects included), else from SBD's cls/<id>.mat, else from the masks
+(SegmentationClass/, then SegmentationClassAug/; 0 and 255 never a label).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from wsss.errors import UserError
-from wsss.io import load_label_png
+from wsss.io import load_label_png, read_json
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor"]
 TRAIN_AUG_SIZE = 10582  # VOC train ∪ SBD train ∪ SBD val − VOC val, on the real data
+LABEL_FILE = "cls_labels.json"  # optional: image id → class names (COCO's labels come from its annotation file)
 
 
 class DatasetError(UserError):
@@ -85,8 +88,7 @@ class VOCLayout:
                 raise DatasetError(f"SBD list {self.sbd_root / name} is missing; dataset.sbd_root must hold "
                                    "SBD's train.txt, val.txt and cls/")
             sbd += read_list(self.sbd_root / name)
-        excluded = set(voc_val)
-        merged = sorted(set(voc_train) | {i for i in sbd if i not in excluded})
+        merged = train_aug_ids(voc_train, voc_val, sbd)
         if len(voc_train) == 1464 and len(voc_val) == 1449 and len(merged) != TRAIN_AUG_SIZE:
             log.warning("train_aug has %d images, the references use %d: check the SBD lists",
                         len(merged), TRAIN_AUG_SIZE)
@@ -100,15 +102,41 @@ class VOCLayout:
         return self._labels[img_id]
 
     def _read_labels(self, img_id: str) -> np.ndarray:
+        if self._label_file is not None:
+            if img_id not in self._label_file:
+                raise DatasetError(f"{img_id} has no entry in {self.root / LABEL_FILE}; add it or drop the id "
+                                   "from the split list")
+            return self._labels_from_names(self._label_file[img_id], self.root / LABEL_FILE)
         xml = self.root / "Annotations" / f"{img_id}.xml"
         if xml.exists():
             return self._labels_from_xml(xml)
         if self.sbd_root is not None and (self.sbd_root / "cls" / f"{img_id}.mat").exists():
             return self._labels_from_values(_sbd_values(self.sbd_root / "cls" / f"{img_id}.mat"))
-        if self.mask_path(img_id).exists():
-            return self._labels_from_values(np.unique(self.read_mask(img_id)))
+        for masks in ("SegmentationClass", "SegmentationClassAug"):
+            path = self.root / masks / f"{img_id}.png"
+            if path.exists():
+                return self._labels_from_values(np.unique(load_label_png(path)))
         raise DatasetError(f"no image-level labels for {img_id}: none of {xml}, {self.mask_path(img_id)} "
                            "exists (add Annotations/ or SegmentationClass/ or dataset.sbd_root)")
+
+    @cached_property
+    def _label_file(self) -> dict[str, list[str]] | None:
+        """`cls_labels.json` at the root (image id → class names), which wsss-prepare coco14 writes."""
+        path = self.root / LABEL_FILE
+        if not path.exists():
+            return None
+        try:
+            return read_json(path)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{path} is unreadable ({e}); re-run the dataset preparation") from e
+
+    def _labels_from_names(self, names, source: Path) -> np.ndarray:
+        unknown = [n for n in names if n not in self.class_names]
+        if unknown:
+            raise DatasetError(f"{source} names classes {unknown} that dataset.class_names does not hold")
+        y = np.zeros(self.num_classes, np.float32)
+        y[[self.class_names.index(n) for n in names]] = 1
+        return y
 
     def _labels_from_xml(self, path: Path) -> np.ndarray:
         try:
@@ -156,6 +184,13 @@ class VOCLayout:
     @cached_property
     def has_annotations(self) -> bool:
         return (self.root / "Annotations").is_dir()
+
+
+def train_aug_ids(voc_train, voc_val, sbd_ids) -> list[str]:
+    """VOC train ∪ SBD (train ∪ val) − VOC val, sorted (algorithms.md §1.1: 10,582 ids on the real lists).
+    SBD's own train list holds VOC val images: they must not leak into training."""
+    excluded = set(voc_val)
+    return sorted(set(voc_train) | {i for i in sbd_ids if i not in excluded})
 
 
 def read_list(path: Path) -> list[str]:

@@ -60,13 +60,14 @@ def run(cfg, out_dir: Path) -> dict:
             "train_cls/train/images": len(data.train_ids)}
 
 
-def classification_data(cfg, layout, norm) -> ClassificationDataModule:
+def classification_data(cfg, layout, norm, batch_size: int | None = None) -> ClassificationDataModule:
     """The image-label data of train_cls and train_recam: the same splits and augmentation,
-    normalised as the model's trunk wants (`norm`, from the model)."""
+    normalised as the model's trunk wants (`norm`, from the model); batches of `batch_size` (default cls's)."""
     c = cfg.cls
     return ClassificationDataModule(layout, labelled(layout, layout.ids(cfg.dataset.splits.cls_train)),
                                     labelled(layout, layout.ids(cfg.dataset.splits.cls_val)),
-                                    c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size, norm)
+                                    batch_size or c.batch_size, cfg.num_workers, tuple(c.resize_long), c.crop_size,
+                                    norm)
 
 
 def probe_loader(cfg, layout, ids, norm) -> DataLoader:

@@ -41,7 +41,7 @@ def run(cfg, out_dir: Path) -> dict:
     base = load_classifier(checkpoint_path(artifacts.require(cfg, "train_cls", "train_recam").path))
     model = from_classifier(base, cfg.cam.train)
     callbacks, resume_from = resumable(cfg, out_dir)
-    data = train_cls.classification_data(cfg, layout, model.normalization)
+    data = train_cls.classification_data(cfg, layout, model.normalization, recam_batch_size(cfg))
     probed = {}
     sce_init = cfg.cam.train.get("sce_init", "random")
     if sce_init not in ("probe", "sgd", "random"):
@@ -57,6 +57,11 @@ def run(cfg, out_dir: Path) -> dict:
                             "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
 
 
+def recam_batch_size(cfg) -> int:
+    """cam.train.batch_size where a recipe sets one (ReCAM's COCO code: 6), else the classifier's (VOC: 16)."""
+    return int(cfg.cam.train.get("batch_size") or cfg.cls.batch_size)
+
+
 def init_sce_head(cfg, model, loader) -> dict:
     """The SCE head before fine-tuning, fitted on the frozen trunk's masked class features: `sgd` replays
     the reference's SCE schedule (its init, SGD recipe and `sce_init_steps` steps, at `sce_lr`); `probe`
@@ -66,7 +71,7 @@ def init_sce_head(cfg, model, loader) -> dict:
     if t.sce_init == "probe":
         return {"train_recam/probe/sce": probe_sce_head(model, loader)}
     loss, acc = sgd_sce_head(model, loader, steps=t.sce_init_steps, lr=t.sce_lr, momentum=t.momentum,
-                             weight_decay=t.weight_decay, poly_power=t.poly_power, batch_size=cfg.cls.batch_size,
+                             weight_decay=t.weight_decay, poly_power=t.poly_power, batch_size=recam_batch_size(cfg),
                              seed=cfg.seed)
     return {"train_recam/probe/sce": loss, "train_recam/probe/sce_acc": acc}
 
