@@ -147,20 +147,23 @@ def test_voc_second_run_does_nothing(tmp_path, caplog):
     assert "nothing to do" in caplog.text and (tree / voc.DONE).exists()
 
 
-@pytest.mark.slow
-def test_voc_kill_during_a_conversion_then_rerun_gives_the_same_files(tmp_path):
-    reference_root, archives = staged(tmp_path, "reference")
-    reference = voc.prepare(reference_root, workers=1, archives=archives)
+def kill_in_the_middle_then_rerun(tmp_path, dataset, archives_in, prepare, tree_of) -> None:
+    """A reference run; a copy of its archives prepared by a process SIGKILLed inside its 2nd mask write; a re-run
+    of that: the same files as the reference, no temporary file left."""
+    reference_root = tmp_path / "reference"
+    archives = archives_in(reference_root / "downloads")
+    reference = prepare(reference_root, archives)
     root = tmp_path / "killed"
     (root / "downloads").mkdir(parents=True)
     for a in archives.values():
         (root / "downloads" / a.filename).write_bytes((reference_root / "downloads" / a.filename).read_bytes())
     marker = tmp_path / "writing"
+    listed = json.dumps({k: [a.url, a.filename, a.md5] for k, a in archives.items()})
     script = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); from pathlib import Path\n"
               f"from blocking_writer import install\n"
-              f"install('wsss.prepare.voc.save_label_png', 2, Path({str(marker)!r}))\n"
-              f"from wsss.prepare import voc; from wsss.prepare.archives import Archive\n"
-              f"voc.prepare(Path({str(root)!r}), 1, {{k: Archive(*v) for k, v in {json.dumps({k: list(a.__dict__.values()) for k, a in archives.items()})}.items()}})")
+              f"install('wsss.prepare.{dataset}.save_label_png', 2, Path({str(marker)!r}))\n"
+              f"from wsss.prepare import {dataset}; from wsss.prepare.archives import Archive\n"
+              f"{dataset}.prepare(Path({str(root)!r}), 1, archives={{k: Archive(*v) for k, v in {listed}.items()}})")
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     end = time.time() + 120
     while not marker.exists():
@@ -168,10 +171,32 @@ def test_voc_kill_during_a_conversion_then_rerun_gives_the_same_files(tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    tree = root / "VOCdevkit" / "VOC2012"
-    assert not (tree / voc.DONE).exists()
-    voc.prepare(root, workers=2, archives=archives)
-    assert tree_contents(tree) == tree_contents(reference)  # no temporary file left, every file equal
+    tree = tree_of(root)
+    assert not (tree / ".wsss-prepared.json").exists()
+    prepare(root, archives)
+    assert tree_contents(tree) == tree_contents(reference)
+
+
+@pytest.mark.slow
+def test_voc_kill_during_a_conversion_then_rerun_gives_the_same_files(tmp_path):
+    kill_in_the_middle_then_rerun(tmp_path, "voc", voc_archives, lambda r, a: voc.prepare(r, 2, archives=a),
+                                  lambda r: r / "VOCdevkit" / "VOC2012")
+
+
+@pytest.mark.slow
+def test_coco_kill_during_the_masks_then_rerun_gives_the_same_files(tmp_path):
+    kill_in_the_middle_then_rerun(tmp_path, "coco", lambda d: coco_archives(d, coco_files(SMALL)),
+                                  lambda r, a: coco.prepare(r, 2, archives=a), lambda r: r / "coco2014")
+
+
+def test_cli_names_a_corrupt_archive_once_and_exits_2(tmp_path):
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "annotations_trainval2014.zip").write_bytes(b"not the archive")
+    res = subprocess.run([sys.executable, "-m", "wsss.prepare", "coco14", "--root", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.count("does not have the published MD5 0a379cfc70b0e71301e0f377548639bd") == 1
+    assert "Traceback" not in res.stderr
 
 
 def test_voc_corrupt_archive_is_named(tmp_path):
