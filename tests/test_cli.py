@@ -99,9 +99,13 @@ def test_bad_dataset_root_is_one_clear_line(tmp_path):
                           "stages=[train_cls]", f"paths.root={tmp_path}"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
-        f"wsss: error: dataset root {tmp_path}/nope does not exist; set dataset.root=PATH to a VOC-layout "
-        "directory (the one holding JPEGImages/)"]
+    message = (f"wsss: error: dataset root {tmp_path}/nope does not exist; set dataset.root=PATH to a VOC-layout "
+               "directory (the one holding JPEGImages/)")
+    assert res.stderr.strip().splitlines() == [message]  # once, on stderr
+    assert "does not exist" not in res.stdout  # not again as a log line on the console
+    logs = list((tmp_path / "outputs").rglob("*.log"))
+    assert any("does not exist" in p.read_text() for p in logs)  # but in the job's log file
+    assert not (tmp_path / "artifacts").exists() and not list(tmp_path.rglob("*.lock"))  # nothing left behind
 
 
 @pytest.mark.slow

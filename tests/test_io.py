@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 from PIL import Image
@@ -69,3 +70,40 @@ def test_temporary_names_never_match_an_artifact_pattern(tmp_path):
     assert artifact_files(tmp_path, "**/*") == [tmp_path / "s.npz"]
     assert sweep_temporary(tmp_path) == [stale] and not stale.exists()
     assert (tmp_path / "s.npz").exists()
+
+
+def _bump_under_lock(lock, counter, times):
+    from wsss.io import exclusive_lock
+
+    for _ in range(times):
+        with exclusive_lock(lock):
+            n = int(counter.read_text())
+            counter.write_text(str(n + 1))
+
+
+def test_exclusive_lock_excludes_and_leaves_no_lock_file(tmp_path):
+    """Three processes, each deleting the lock file on release, never hold the lock at once (no lost update)."""
+    import multiprocessing as mp
+
+    counter, lock = tmp_path / "n", tmp_path / "x.lock"
+    counter.write_text("0")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_bump_under_lock, args=(lock, counter, 200)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert counter.read_text() == "600" and not lock.exists()
+
+
+def test_failed_run_leaves_no_empty_artifact_folder_and_no_lock_file(tmp_path):
+    from tests.conftest import compose_cfg
+    from wsss.errors import UserError
+    from wsss.pipeline import run_pipeline
+
+    cfg = compose_cfg(tmp_path, "dataset=voc12", f"dataset.root={tmp_path}/nope", "stages=[train_cls]")
+    with pytest.raises(UserError, match="does not exist"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "artifacts").exists()
+    assert not list(tmp_path.rglob("*.lock"))
+    assert json.loads((tmp_path / "run" / "artifacts.json").read_text()) == {}  # every run has one

@@ -40,11 +40,18 @@ def one_line(error: Exception) -> str:
 def main(cfg: DictConfig) -> None:
     try:
         run_pipeline(cfg)
-    except UserError as e:  # the user's to fix: one line, not a traceback
+    except UserError as e:  # the user's to fix: one line on stderr, not a traceback
         message = one_line(e)
-        logging.getLogger("wsss").error("%s", message)
+        log_to_files(logging.getLogger("wsss").makeRecord("wsss", logging.ERROR, __file__, 0, message, (), None))
         print(f"wsss: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def log_to_files(record: logging.LogRecord) -> None:
+    """The error in the job's log file too (Hydra's `<run>/<job>.log`), but not again on the console."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":

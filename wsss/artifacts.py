@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
 from omegaconf import OmegaConf
 
 from wsss import __version__
 from wsss.errors import UserError
-from wsss.io import artifact_files, read_json, sweep_temporary, write_json
+from wsss.io import artifact_files, exclusive_lock, read_json, remove_empty_dirs, sweep_temporary, write_json
 
 
 @dataclass(frozen=True)
@@ -107,31 +106,43 @@ def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -
         barrier()  # rank 0 has sealed the output
         return read_json(art.manifest)["metrics"]
     art.path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(art.path) + ".lock"):
-        if cfg.force and art.path.exists():  # complete or not: recompute from scratch
-            shutil.rmtree(art.path)
-        reused = art.complete
-        if not reused:  # before the barrier: the other ranks' shards write (and stat) it at once
-            art.path.mkdir(parents=True, exist_ok=True)
-            sweep_temporary(art.path)  # a killed writer's half file; under the lock, nobody writes now
-        barrier()
-        if not reused:
-            start = time.time()
-            metrics = run_fn(cfg, art.path)
-            write_json(art.manifest, {
-                "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
-                "files": [str(p.relative_to(art.path)) for p in artifact_files(art.path, "**/*")],
-                "code_version": code_version(), "started": start, "seconds": time.time() - start})
+    try:
+        with exclusive_lock(str(art.path) + ".lock"):
+            if cfg.force and art.path.exists():  # complete or not: recompute from scratch
+                shutil.rmtree(art.path)
+            reused = art.complete
+            if not reused:  # before the barrier: the other ranks' shards write (and stat) it at once
+                art.path.mkdir(parents=True, exist_ok=True)
+                sweep_temporary(art.path)  # a killed writer's half file; under the lock, nobody writes now
+            barrier()
+            if not reused:
+                start = time.time()
+                try:
+                    metrics = run_fn(cfg, art.path)
+                except BaseException:
+                    remove_empty_dirs(art.path, art.path)  # what it wrote before failing stays, to resume from
+                    raise
+                write_json(art.manifest, {
+                    "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,
+                    "files": [str(p.relative_to(art.path)) for p in artifact_files(art.path, "**/*")],
+                    "code_version": code_version(), "started": start, "seconds": time.time() - start})
+    except BaseException:  # no empty folder left behind by a failed first run (parents up to the store)
+        remove_empty_dirs(art.path.parent, cfg.paths.artifacts_dir)
+        raise
     barrier()  # every rank passes here once per stage, reused or not
-    _record(run_dir, art, reused=reused)
+    record_used(run_dir, art, reused=reused)
     return read_json(art.manifest)["metrics"]
 
 
-def _record(run_dir: Path, art: Artifact, reused: bool) -> None:
-    used_file = run_dir / "artifacts.json"
+def record_used(run_dir: Path, art: Artifact | None = None, reused: bool = False) -> None:
+    """Add `art` to the run's `artifacts.json` (stage → key, path, reused); with no artifact, make sure the
+    file exists (a run that stores nothing still says so)."""
+    used_file = Path(run_dir) / "artifacts.json"
     used = read_json(used_file) if used_file.exists() else {}
-    used[art.stage] = {"key": art.key, "path": str(art.path), "reused": reused}
-    write_json(used_file, used)
+    if art is not None:
+        used[art.stage] = {"key": art.key, "path": str(art.path), "reused": reused}
+    if art is not None or not used_file.exists():
+        write_json(used_file, used)
 
 
 def code_version() -> str:

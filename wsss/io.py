@@ -66,6 +66,50 @@ def sweep_temporary(directory: str | os.PathLike) -> list[Path]:
     return stale
 
 
+@contextmanager
+def exclusive_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the file `path` (created if needed) and delete the file on release, so that no
+    lock file outlives its users. Safe to delete because every holder checks, once it has the lock, that the file
+    it locked is still the one at `path` (a waiter that locked a deleted file starts again): the classic
+    lock-then-verify of flock, which the filelock package does not do (its lock files stay). POSIX only."""
+    import fcntl
+
+    path = Path(path)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except FileNotFoundError:  # its folder was just removed by a failed job's clean-up
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # we locked a file its last holder deleted: take the current one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still held: a waiter on this file will see it is gone and retry
+        os.close(fd)
+
+
+def remove_empty_dirs(path: str | os.PathLike, stop: str | os.PathLike) -> None:
+    """Remove `path` and then its parents up to and including `stop` while they are empty (a failed job's
+    folders, which hold nothing to resume)."""
+    path, stop = Path(path), Path(stop)
+    while True:
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or gone
+            return
+        if path == stop or stop not in path.parents:
+            return
+        path = path.parent
+
+
 def write_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -63,7 +63,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> dict:
-    """Run the selected stages; write `metrics.json` after each; print the summary table."""
+    """Run the selected stages; write `metrics.json` and `artifacts.json` after each; print the summary."""
     stages = selected_stages(OmegaConf.to_container(cfg.stages) if OmegaConf.is_list(cfg.stages) else cfg.stages)
     validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
@@ -71,6 +71,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
     metrics_file = run_dir / "metrics.json"
     metrics = read_json(metrics_file) if metrics_file.exists() else {}
     rank0 = artifacts.global_rank() == 0  # with DDP every rank walks the pipeline; rank 0 reports
+    if rank0:
+        artifacts.record_used(run_dir)  # artifacts.json exists for every run, even one that stores nothing
     failed = True
     try:
         if rank0:
@@ -84,11 +86,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
         if rank0:
             tracking.finish(failed)
     if rank0:
-        print(summary_table(metrics))
-        used = read_json(run_dir / "artifacts.json") if (run_dir / "artifacts.json").exists() else {}
-        reused = [s for s in stages if used.get(s, {}).get("reused")]
-        if reused:
-            print(f"reused from {cfg.paths.artifacts_dir} (force=true recomputes): {', '.join(reused)}")
+        used = read_json(run_dir / "artifacts.json")
+        print(summary_table(metrics, {s for s in stages if used.get(s, {}).get("reused")}))
+        for line in checks(metrics):
+            print(line)
         print(f"run directory: {run_dir}")
     return metrics
 
@@ -107,18 +108,82 @@ def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     if module.STORED:
         out = artifacts.produce(cfg, name, module.run, run_dir, getattr(module, "DISTRIBUTED", False))
     elif rank0:  # run-directory stages are single-process
+        used = read_json(run_dir / "artifacts.json")
+        for up in module.upstream(cfg):  # what this run read (made earlier when this run did not make it)
+            art = artifacts.locate(cfg, up)
+            if art.complete and up not in used:
+                artifacts.record_used(run_dir, art, reused=True)
         out = module.run(cfg, run_dir / name)
     out = {**out, f"time/{name}": round(time.time() - start, 2)}
     if rank0:
         tracking.log_stage(cfg, name, out)
+        reused = read_json(run_dir / "artifacts.json").get(name, {}).get("reused", False)
+        log.info("stage %s %s in %.1f s%s", name, "reused" if reused else "done", out[f"time/{name}"],
+                 "".join(f"; {label} {value}" for label, value in headline(out)))
     return out
 
 
-def summary_table(metrics: dict) -> str:
-    """The headline numbers: everything but per-class values and protocol tags."""
-    rows = [(k, v) for k, v in metrics.items()
-            if not k.startswith("protocol/") and k.count("/") <= 2]
+def is_tuned_on_gt(key: str) -> bool:
+    """Figures chosen on the ground truth (the sweep's best τ and its scores): optimistic, marked as such."""
+    return key.endswith("_best") or "_best/" in key
+
+
+UNITS = (("miou", "%"), ("iou", "%"), ("precision", "%"), ("recall", "%"), ("acc", "%"), ("fp", "%"), ("fn", "%"),
+         ("error_", "%"), ("ignore_pct", "%"), ("seconds", "s"), ("time/", "s"))
+
+
+def unit(key: str) -> str:
+    last = key.split("/")[-1]
+    for marker, u in UNITS:
+        if last.startswith(marker) or last.endswith(marker) or (marker.endswith("/") and key.startswith(marker)):
+            return u
+    return ""
+
+
+def headline(metrics: dict) -> list[tuple[str, str]]:
+    """The figures worth a line when a stage finishes: its mIoU (stated and GT-tuned), accuracy, final loss."""
+    out = []
+    for k, v in metrics.items():
+        last = k.split("/")[-1]
+        if k.count("/") <= 2 and last in ("miou", "miou_best", "acc", "loss", "loss_epoch") and isinstance(v, float):
+            label = "/".join(k.split("/")[1:]) + (" (GT-tuned)" if is_tuned_on_gt(k) else "")
+            out.append((label, f"{v:.2f}{' ' + unit(k) if unit(k) else ''}"))
+    return out
+
+
+def summary_table(metrics: dict, reused: set[str] = frozenset()) -> str:
+    """The headline numbers grouped per stage (everything but per-class values and protocol tags), with units;
+    figures tuned on the ground truth say so; a stage reused from the store says so."""
+    rows = [(k, v) for k, v in metrics.items() if not k.startswith("protocol/") and k.count("/") <= 2]
     width = max((len(k) for k, _ in rows), default=10)
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    lines += [f"{k:<{width}}  {v:.2f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
+    lines = ["summary (% for IoU, accuracy and pixel shares; GT-tuned = chosen on the ground truth, optimistic)"]
+    for stage in [s for s in STAGES if any(k.split("/")[0] == s for k, _ in rows)]:
+        time_key = f"time/{stage}"
+        how = ("reused from the store (force=true recomputes); its figures are from the run that made it"
+               if stage in reused else f"{metrics[time_key]:.1f} s" if time_key in metrics else "")
+        lines.append(f"\n{stage}" + (f"  ({how})" if how else ""))
+        for k, v in rows:
+            if k.split("/")[0] != stage or (stage in reused and k.endswith("/computed")):
+                continue
+            value = f"{v:.2f}" if isinstance(v, float) else str(v)
+            note = "GT-tuned" if is_tuned_on_gt(k) else ""
+            lines.append(f"  {k:<{width}}  {value:>9} {unit(k):<2} {note}".rstrip())
     return "\n".join(lines)
+
+
+def checks(metrics: dict) -> list[str]:
+    """The main job's checks (README, The main job): the seeds at the stated τ within 5 points of the GT-tuned best,
+    and the segmentation network at ≥ 90 % of its training labels' mIoU. Printed when the run has the figures."""
+    out = []
+    for k, v in metrics.items():
+        if k.startswith("eval_cam/") and k.endswith("/miou") and k.replace("/miou", "/miou_best") in metrics:
+            best = metrics[k.replace("/miou", "/miou_best")]
+            out.append(f"check: seeds at the stated τ within 5 points of the GT-tuned best: "
+                       f"{'yes' if best - v <= 5 else 'NO'} ({v:.1f} vs {best:.1f})")
+    labels = [v for k, v in metrics.items() if k.startswith("make_pseudo/") and k.endswith("/miou")]
+    seg = [v for k, v in metrics.items() if k.startswith("eval_seg/") and k.endswith("/miou")]
+    if labels and seg:
+        share = 100 * seg[0] / labels[0] if labels[0] else float("nan")
+        out.append(f"check: segmentation network at ≥ 90 % of its labels' mIoU: {'yes' if share >= 90 else 'NO'} "
+                   f"({seg[0]:.1f} vs {labels[0]:.1f}, {share:.0f} %)")
+    return out

@@ -28,7 +28,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from wsss.errors import UserError
-from wsss.io import save_label_png, write_json
+from wsss.io import exclusive_lock, save_label_png, write_json
 
 SHAPES = ["ellipse", "box", "triangle", "diamond", "cross", "ring"]
 PARTS = ["dot", "bar"]
@@ -56,9 +56,7 @@ def ensure(data_dir: str | Path, gen_cfg: dict, class_names: list[str]) -> Path:
     if (root / "DONE").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
-
-    with FileLock(str(root) + ".lock"):
+    with exclusive_lock(str(root) + ".lock"):
         if (root / "DONE").exists():
             return root
         tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))

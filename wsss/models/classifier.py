@@ -63,8 +63,8 @@ class ClassifierModule(L.LightningModule):
         logits = self(x)
         self.log("train_cls/val/loss", F.multilabel_soft_margin_loss(logits, y), prog_bar=True,
                  batch_size=len(x))
-        # exact-match-free metric: fraction of (image, class) decisions right at p = 0.5
-        self.log("train_cls/val/acc", ((logits > 0).float() == y).float().mean(), batch_size=len(x))
+        # exact-match-free metric: share (%) of (image, class) decisions right at p = 0.5
+        self.log("train_cls/val/acc", 100 * ((logits > 0).float() == y).float().mean(), batch_size=len(x))
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -75,7 +75,7 @@ class ReCAMModule(ClassifierModule):
         sce, acc = sce_loss(masked_class_features(feats, super().cam_weights()), self.sce_head.weight.flatten(1), y)
         loss = bce + self.hparams.loss_weight * sce
         log = {"train_recam/train/loss": loss, "train_recam/train/bce": bce, "train_recam/train/sce": sce,
-               "train_recam/train/sce_acc": acc}
+               "train_recam/train/sce_acc": 100 * acc}  # percent, as every share the pipeline reports
         self.log_dict(log, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(x))
         return loss
 

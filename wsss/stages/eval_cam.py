@@ -96,7 +96,7 @@ def run(cfg, out_dir: Path) -> dict:
 def _metrics(prefix, s, class_names, tau, best_miou, best_tau) -> dict:
     out = {f"{prefix}/miou": 100 * s["miou"], f"{prefix}/threshold": tau,
            f"{prefix}/miou_best": float(best_miou), f"{prefix}/threshold_best": float(best_tau),
-           f"{prefix}/fp": s["fp"], f"{prefix}/fn": s["fn"]}
+           f"{prefix}/fp": 100 * s["fp"], f"{prefix}/fn": 100 * s["fn"]}
     for i, name in enumerate(["background"] + class_names):
         for m in ("iou", "precision", "recall"):
             out[f"{prefix}/{m}/{name}"] = float(100 * s[m][i])

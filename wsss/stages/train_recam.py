@@ -73,7 +73,7 @@ def init_sce_head(cfg, model, loader) -> dict:
     loss, acc = sgd_sce_head(model, loader, steps=t.sce_init_steps, lr=t.sce_lr, momentum=t.momentum,
                              weight_decay=t.weight_decay, poly_power=t.poly_power, batch_size=recam_batch_size(cfg),
                              seed=cfg.seed)
-    return {"train_recam/probe/sce": loss, "train_recam/probe/sce_acc": acc}
+    return {"train_recam/probe/sce": loss, "train_recam/probe/sce_acc": 100 * acc}
 
 
 def from_classifier(base, t) -> ReCAMModule:
