@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import OmegaConf
 
 from wsss.io import TEMP_SUFFIX
@@ -24,9 +25,40 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
     kwargs.setdefault("enable_checkpointing", False)
     if cfg.get("channels_last"):
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), ChannelsLast()]
+    if cfg.trainer.get("enable_progress_bar", True) and kwargs.get("enable_progress_bar", True):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), StageProgressBar(stage)]
     # frozen-statistics BNs report training=False by design (models/backbones/frozen_bn.py)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     return instantiate(cfg.trainer, default_root_dir=str(out_dir), logger=logger, **kwargs)
+
+
+class StageProgressBar(TQDMProgressBar):
+    """Lightning's bar, named after the stage ("make_cam", "train_cls epoch 3") instead of "Predicting
+    DataLoader 0" / "Epoch 3"."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    @property
+    def train_description(self) -> str:
+        return self.stage
+
+    @property
+    def predict_description(self) -> str:
+        return self.stage
+
+    @property
+    def validation_description(self) -> str:
+        return f"{self.stage} validation"
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"{self.stage} epoch {trainer.current_epoch}")
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        self.predict_progress_bar.set_description(self.stage)
 
 
 class ChannelsLast(L.Callback):

@@ -14,8 +14,27 @@ from wsss.io import atomic_path, palette  # noqa: E402
 _PAL = np.array(palette(), np.uint8).reshape(256, 3)
 
 
-def colour_labels(label: np.ndarray) -> np.ndarray:
-    return _PAL[label]
+VOID = (224, 224, 192)     # 255 in a ground truth: void (object borders), ignored in scoring: VOC's own colour
+UNSURE = (255, 0, 255)     # 255 in a pseudo-label: unsure, ignored in training: a colour no class has (magenta)
+VOID_NAME, UNSURE_NAME = "255: void (ignored)", "255: unsure (ignored in training)"
+
+
+def colour_labels(label: np.ndarray, colour_255=VOID) -> np.ndarray:
+    """A label map in the VOC palette; 255 in `colour_255` (VOID for ground truth, UNSURE for pseudo-labels)."""
+    pal = _PAL.copy()
+    pal[255] = colour_255
+    return pal[label]
+
+
+def legend(labels: list[np.ndarray], class_names: list[str], name_255: dict | None = None) -> list[tuple]:
+    """(colour, name) of every value the label maps hold, background first; 255 named by `name_255`
+    (colour → name: both kinds of 255 when a panel shows a pseudo-label and a ground truth)."""
+    values = sorted(set().union(*(np.unique(lab).tolist() for lab in labels)))
+    names = ["background", *class_names]
+    entries = [(tuple(int(c) for c in _PAL[v]), names[v]) for v in values if v < len(names)]
+    if 255 in values:
+        entries += [(colour, name) for colour, name in (name_255 or {VOID: VOID_NAME}).items()]
+    return entries
 
 
 def heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -30,14 +49,23 @@ def boundary_picture(boundary: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str]) -> None:
-    """Tiles side by side with captions, as one PNG."""
-    fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 2.8))
+def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str], entries: list[tuple] | None = None) -> None:
+    """Tiles side by side with captions, and below them a legend of the label colours (`entries`: (rgb, name)),
+    as one PNG."""
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 3.2 if entries else 2.8))
     for ax, tile, cap in zip(np.atleast_1d(axes), tiles, captions, strict=True):
         ax.imshow(tile)
         ax.set_title(cap, fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
+    if entries:
+        handles = [Patch(facecolor=np.array(rgb) / 255, edgecolor="0.3", label=name) for rgb, name in entries]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), max(2, len(tiles) + 1)), fontsize=7,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // max(2, len(tiles) + 1)), 1, 1))
+    else:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

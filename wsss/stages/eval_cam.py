@@ -21,7 +21,7 @@ from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, write_json
 from wsss.metrics import ThresholdSweep, pixel_errors, scores, threshold_cams
 from wsss.stages import make_cam
-from wsss.viz import colour_labels, heatmap, save_curve, save_panel
+from wsss.viz import colour_labels, heatmap, legend, save_curve, save_panel
 
 VERSION = 1
 STORED = False
@@ -114,14 +114,16 @@ def _protocol(cfg, split) -> dict:
 
 
 def _overlays(layout, seeds: Path, ids, tau: float, out: Path) -> None:
-    """image | strongest CAM | seed labels at τ | ground truth, for a fixed sample of ids."""
+    """image | one heat map per present class | seed labels at τ | ground truth, with a legend, for a fixed
+    sample of ids."""
     for img_id in ids:
         image = load_rgb(layout.image_path(img_id))
         seed = load_seed(seed_file(seeds, img_id))
         maps = seed["high_res"].astype(np.float32)
-        cam = maps.max(0) if len(maps) else np.zeros(image.shape[:2], np.float32)
-        names = ", ".join(layout.class_names[k] for k in seed["keys"])
         pred = threshold_cams(maps, seed["keys"], tau).astype(np.uint8)
-        save_panel(out / f"{img_id}.png",
-                   [image, heatmap(image, cam), colour_labels(pred), colour_labels(layout.read_mask(img_id))],
-                   [img_id, f"CAM: {names}", f"seed @ τ={tau:.2f}", "ground truth"])
+        gt = layout.read_mask(img_id)
+        heat = [heatmap(image, m) for m in maps]
+        titles = [f"map: {layout.class_names[k]}" for k in seed["keys"]]
+        save_panel(out / f"{img_id}.png", [image, *heat, colour_labels(pred), colour_labels(gt)],
+                   [img_id, *titles, f"seed: best map > τ={tau:.2f}", "ground truth"],
+                   legend([pred, gt], layout.class_names))

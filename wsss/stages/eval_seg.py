@@ -26,7 +26,7 @@ from wsss.metrics import confusion, scores
 from wsss.models.classifier import load_checkpoint
 from wsss.models.segmenter import SegmentationModule
 from wsss.training import checkpoint_path, plain
-from wsss.viz import colour_labels, save_panel
+from wsss.viz import colour_labels, legend, save_panel
 
 VERSION = 1
 STORED = True
@@ -112,9 +112,9 @@ def _protocol(cfg) -> dict:
 
 
 def _overlays(layout, out_dir: Path, split: str, ids) -> None:
+    """image | prediction | ground truth, with a legend of the classes shown."""
     for img_id in ids:
+        pred, gt = load_label_png(pred_file(out_dir, split, img_id)), layout.read_mask(img_id)
         save_panel(Path(out_dir) / "overlays" / f"{img_id}.png",
-                   [load_rgb(layout.image_path(img_id)),
-                    colour_labels(load_label_png(pred_file(out_dir, split, img_id))),
-                    colour_labels(layout.read_mask(img_id))],
-                   [img_id, "prediction", "ground truth"])
+                   [load_rgb(layout.image_path(img_id)), colour_labels(pred), colour_labels(gt)],
+                   [img_id, "prediction", "ground truth"], legend([pred, gt], layout.class_names))

@@ -32,7 +32,7 @@ from wsss.metrics import IGNORE, confusion, scores, threshold_cams
 from wsss.pseudo import Refinement, Task, boundary_map, default_workers, run_tasks
 from wsss.stages.eval_cam import best_threshold
 from wsss.training import checkpoint_path
-from wsss.viz import boundary_picture, colour_labels, save_panel
+from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, boundary_picture, colour_labels, legend, save_panel
 
 VERSION = 1
 STORED = True
@@ -165,7 +165,8 @@ def _protocol(cfg) -> dict:
 
 
 def _overlays(layout, seeds: Path, out_dir: Path, ids, how: Refinement) -> None:
-    """image | seed at τ | (IRN: boundary map) | pseudo-label | ground truth (255 in the VOC border colour)."""
+    """image | seed at τ | (IRN: boundary map) | pseudo-label (with its thresholds) | ground truth, and a legend:
+    the classes shown, 255 as "unsure" (pseudo-label, magenta) and "void" (ground truth, VOC's cream)."""
     for img_id in ids:
         seed = load_seed(seed_file(seeds, img_id))
         seed_labels = threshold_cams(seed["high_res"].astype(np.float32), seed["keys"], how.tau).astype(np.uint8)
@@ -175,5 +176,21 @@ def _overlays(layout, seeds: Path, out_dir: Path, ids, how: Refinement) -> None:
         if how.model is not None:
             tiles.append(boundary_picture(boundary_map(how, image).cpu().numpy(), image.shape[:2]))
             captions.append("boundary map (IRN)")
-        tiles += [colour_labels(load_label_png(label_file(out_dir, img_id))), colour_labels(layout.read_mask(img_id))]
-        save_panel(out_dir / "overlays" / f"{img_id}.png", tiles, captions + ["pseudo-label", "ground truth"])
+        label, gt = load_label_png(label_file(out_dir, img_id)), layout.read_mask(img_id)
+        tiles += [colour_labels(label, UNSURE), colour_labels(gt)]
+        name_255 = {**({UNSURE: UNSURE_NAME} if (label == 255).any() else {}),
+                    **({VOID: VOID_NAME} if (gt == 255).any() else {})}
+        entries = legend([seed_labels, label, gt], layout.class_names, name_255)
+        save_panel(out_dir / "overlays" / f"{img_id}.png", tiles, captions + [how_made(how), "ground truth"], entries)
+
+
+def how_made(how: Refinement) -> str:
+    """The pseudo-label panel's caption: the refinement and its thresholds."""
+    r = how.refine
+    if r.method == "none":
+        return f"pseudo-label: seed @ τ={how.tau:.2f}"
+    if r.method == "irn":
+        return f"pseudo-label: IRN walk, bg {r.sem_seg_bg_threshold:.2f}"
+    if r.mode == "label":
+        return f"pseudo-label: CRF, fg {how.fg:.2f} / bg {how.bg:.2f}"
+    return f"pseudo-label: CRF softmax, α={r.alpha}"

@@ -1,0 +1,53 @@
+"""What a run prints and draws for people: the summary's groups, units and marks, the checks, the legends."""
+import numpy as np
+
+from wsss.pipeline import checks, headline, summary_table
+from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, colour_labels, legend
+
+METRICS = {
+    "train_cls/val/acc": 91.5, "train_cls/train/images": 24, "time/train_cls": 20.6,
+    "make_cam/images": 8, "make_cam/computed": 8, "time/make_cam": 0.1,
+    "eval_cam/train/miou": 39.27, "eval_cam/train/threshold": 0.63, "eval_cam/train/miou_best": 39.33,
+    "eval_cam/train/threshold_best": 0.61, "eval_cam/train/fp": 12.5, "eval_cam/train/error_bg_as_fg_best": 3.0,
+    "eval_cam/train/iou/background": 80.0, "protocol/eval_cam/split": "train", "time/eval_cam": 0.9,
+    "make_pseudo/train/miou": 40.0, "eval_seg/val/miou": 35.0,
+}
+
+
+def row(text: str, key: str) -> str:
+    return next(line for line in text.splitlines() if line.strip().startswith(key + " "))
+
+
+def test_summary_groups_per_stage_with_units_and_marks_what_is_tuned_on_gt():
+    text = summary_table(METRICS, reused={"make_cam"})
+    lines = text.splitlines()
+    assert lines.index("train_cls  (20.6 s)") < lines.index("eval_cam  (0.9 s)")
+    assert row(text, "eval_cam/train/miou").split()[1:] == ["39.27", "%"]
+    assert row(text, "eval_cam/train/miou_best").split()[1:] == ["39.33", "%", "GT-tuned"]
+    assert row(text, "eval_cam/train/threshold_best").split()[1:] == ["0.61", "GT-tuned"]
+    assert row(text, "eval_cam/train/threshold").split()[1:] == ["0.63"]
+    assert row(text, "eval_cam/train/fp").split()[1:] == ["12.50", "%"]
+    assert row(text, "train_cls/val/acc").split()[1:] == ["91.50", "%"]
+    assert "make_cam  (reused from the store (force=true recomputes)" in text
+    assert "make_cam/computed" not in text  # a reused stage computed nothing in this run
+    assert "iou/background" not in text and "protocol/" not in text  # per-class values and tags stay in the files
+
+
+def test_stage_headline_and_the_main_jobs_checks():
+    eval_cam = {k: v for k, v in METRICS.items() if k.startswith("eval_cam")}
+    assert headline(eval_cam) == [("train/miou", "39.27 %"), ("train/miou_best (GT-tuned)", "39.33 %")]
+    assert checks(METRICS) == [
+        "check: seeds at the stated τ within 5 points of the GT-tuned best: yes (39.3 vs 39.3)",
+        "check: segmentation network at ≥ 90 % of its labels' mIoU: NO (35.0 vs 40.0, 88 %)"]
+    assert checks({"eval_cam/train/miou": 10.0}) == []  # nothing to check without the figures
+
+
+def test_legend_names_the_classes_shown_and_both_kinds_of_255():
+    names = ["cat", "dog", "sofa"]
+    pseudo = np.array([[0, 2], [255, 2]], np.uint8)
+    gt = np.array([[0, 3], [255, 255]], np.uint8)
+    entries = legend([pseudo, gt], names, {UNSURE: UNSURE_NAME, VOID: VOID_NAME})
+    assert [name for _, name in entries] == ["background", "dog", "sofa", UNSURE_NAME, VOID_NAME]
+    assert entries[0][0] == (0, 0, 0) and dict((n, c) for c, n in entries)["dog"] == tuple(colour_labels(pseudo)[0, 1])
+    assert tuple(colour_labels(pseudo, UNSURE)[1, 0]) == UNSURE != VOID == tuple(colour_labels(gt)[1, 0])
+    assert [n for _, n in legend([np.zeros((2, 2), np.uint8)], names)] == ["background"]
