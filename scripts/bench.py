@@ -20,7 +20,7 @@ What runs (each measurement in a fresh process, so that its peak memory is its o
   thresholding and a confusion matrix, algorithms.md §4; each with the seeds and masks read, as eval_cam
   does, and `..._compute` on maps already in memory).
 - make_pseudo's CRF (refine=crf, the IR-label CRF) and IRN's random walk (refine=irn) in 1 and 2 worker
-  processes, through the stage's own worker pool, on the first `--crf-images` seeds.
+  processes, through the stage's own worker pool, on the first `--refine-images` seeds.
 - One training step of train_cls and of train_seg (forward, backward, optimiser step; Lightning's loop,
   the stage's model, data and batch size), the median over a few steps after a warm-up.
 
