@@ -33,6 +33,16 @@ def test_summary_groups_per_stage_with_units_and_marks_what_is_tuned_on_gt():
     assert "iou/background" not in text and "protocol/" not in text  # per-class values and tags stay in the files
 
 
+def test_the_two_segmentation_figures_say_how_they_were_scored():
+    metrics = {**METRICS, "train_seg/val/miou": 31.9, "protocol/eval_seg/scales": "1.0",
+               "protocol/eval_seg/flip": True, "protocol/eval_seg/crf": True}
+    text = summary_table(metrics)
+    assert row(text, "train_seg/val/miou").split("%")[1].strip() == "monitor: 1 scale, no flip, no CRF"
+    assert row(text, "eval_seg/val/miou").split("%")[1].strip() == "scales 1.0, flip, CRF"
+    metrics["protocol/eval_seg/crf"] = False
+    assert row(summary_table(metrics), "eval_seg/val/miou").split("%")[1].strip() == "scales 1.0, flip, no CRF"
+
+
 def test_stage_headline_and_the_main_jobs_checks():
     eval_cam = {k: v for k, v in METRICS.items() if k.startswith("eval_cam")}
     assert headline(eval_cam) == [("train/miou", "39.27 %"), ("train/miou_best (GT-tuned)", "39.33 %")]

@@ -151,6 +151,20 @@ def headline(metrics: dict) -> list[tuple[str, str]]:
     return out
 
 
+def how_scored(key: str, metrics: dict) -> str:
+    """How a segmentation mIoU was made, so that train_seg's and eval_seg's figures are not read as one: training's
+    validation is a monitor (one scale, no flip, no CRF); eval_seg's follows its protocol tags."""
+    if key == "train_seg/val/miou":
+        return "monitor: 1 scale, no flip, no CRF"
+    if key.startswith("eval_seg/") and key.endswith("/miou"):
+        scales = metrics.get("protocol/eval_seg/scales")
+        parts = [f"scales {scales}" if scales else "",
+                 "flip" if metrics.get("protocol/eval_seg/flip") else "",
+                 "CRF" if metrics.get("protocol/eval_seg/crf") else "no CRF"]
+        return ", ".join(p for p in parts if p)
+    return ""
+
+
 def summary_table(metrics: dict, reused: set[str] = frozenset()) -> str:
     """The headline numbers grouped per stage (everything but per-class values and protocol tags), with units;
     figures tuned on the ground truth say so; a stage reused from the store says so."""
@@ -166,7 +180,7 @@ def summary_table(metrics: dict, reused: set[str] = frozenset()) -> str:
             if k.split("/")[0] != stage or (stage in reused and k.endswith("/computed")):
                 continue
             value = f"{v:.2f}" if isinstance(v, float) else str(v)
-            note = "GT-tuned" if is_tuned_on_gt(k) else ""
+            note = "GT-tuned" if is_tuned_on_gt(k) else how_scored(k, metrics)
             lines.append(f"  {k:<{width}}  {value:>9} {unit(k):<2} {note}".rstrip())
     return "\n".join(lines)
 
