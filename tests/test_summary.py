@@ -2,7 +2,7 @@
 import numpy as np
 
 from wsss.pipeline import checks, headline, summary_table
-from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, colour_labels, legend
+from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, colour_labels, colour_scale, legend
 
 METRICS = {
     "train_cls/val/acc": 91.5, "train_cls/train/images": 24, "time/train_cls": 20.6,
@@ -61,3 +61,15 @@ def test_legend_names_the_classes_shown_and_both_kinds_of_255():
     assert entries[0][0] == (0, 0, 0) and dict((n, c) for c, n in entries)["dog"] == tuple(colour_labels(pseudo)[0, 1])
     assert tuple(colour_labels(pseudo, UNSURE)[1, 0]) == UNSURE != VOID == tuple(colour_labels(gt)[1, 0])
     assert [n for _, n in legend([np.zeros((2, 2), np.uint8)], names)] == ["background"]
+
+
+def test_heat_maps_come_with_their_colour_scale_and_the_threshold():
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    colour_scale(fig, 0.21)
+    (ax,) = fig.axes
+    assert "τ 0.21" in ax.get_title(loc="left")
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [0.21]  # the threshold drawn on the 0..1 bar
+    assert ax.get_images()[0].get_extent()[:2] == [0, 1]
+    plt.close(fig)

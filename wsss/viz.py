@@ -49,9 +49,10 @@ def boundary_picture(boundary: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str], entries: list[tuple] | None = None) -> None:
+def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str], entries: list[tuple] | None = None,
+               heat_tau: float | None = None) -> None:
     """Tiles side by side with captions, and below them a legend of the label colours (`entries`: (rgb, name)),
-    as one PNG."""
+    as one PNG. With `heat_tau`, the heat maps' colour scale too (0 to 1, the map divided by its maximum), τ marked."""
     from matplotlib.patches import Patch
 
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 3.2 if entries else 2.8))
@@ -66,9 +67,21 @@ def save_panel(path: Path, tiles: list[np.ndarray], captions: list[str], entries
         fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // max(2, len(tiles) + 1)), 1, 1))
     else:
         fig.tight_layout()
+    if heat_tau is not None:
+        colour_scale(fig, heat_tau)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+
+
+def colour_scale(fig, tau: float) -> None:
+    """A small jet bar at the bottom left: what a heat map's colours mean, with the seed threshold τ marked."""
+    ax = fig.add_axes((0.02, 0.075, 0.15, 0.03))
+    ax.imshow(np.linspace(0, 1, 256)[None], cmap="jet", aspect="auto", extent=(0, 1, 0, 1))
+    ax.axvline(tau, color="k", lw=1.2)
+    ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"], fontsize=6)
+    ax.set_yticks([])
+    ax.set_title(f"map ÷ its max; black line: τ {tau:.2f}", fontsize=6, pad=2, loc="left")
 
 
 def save_curve(path: Path, thresholds, mious, fixed: tuple[float, float], title: str) -> None:

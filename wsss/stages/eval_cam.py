@@ -126,4 +126,4 @@ def _overlays(layout, seeds: Path, ids, tau: float, out: Path) -> None:
         titles = [f"map: {layout.class_names[k]}" for k in seed["keys"]]
         save_panel(out / f"{img_id}.png", [image, *heat, colour_labels(pred), colour_labels(gt)],
                    [img_id, *titles, f"seed: best map > τ={tau:.2f}", "ground truth"],
-                   legend([pred, gt], layout.class_names))
+                   legend([pred, gt], layout.class_names), heat_tau=tau)
