@@ -108,3 +108,40 @@ def test_failed_run_leaves_no_empty_artifact_folder_and_no_lock_file(tmp_path):
     assert not (tmp_path / "artifacts").exists()
     assert not list(tmp_path.rglob("*.lock"))
     assert json.loads((tmp_path / "run" / "artifacts.json").read_text()) == {}  # every run has one
+
+
+def _remove_and_recreate(root, rounds, failures):
+    from wsss.io import make_dirs, remove_empty_dirs
+
+    for _ in range(rounds):
+        try:
+            make_dirs(root / "store" / "stage")
+            remove_empty_dirs(root / "store" / "stage", root / "store")
+        except OSError as e:  # what Path.mkdir(parents=True, exist_ok=True) raised here before make_dirs
+            failures.put(repr(e))
+
+
+def test_make_dirs_survives_a_parallel_clean_up_of_the_same_folders(tmp_path):
+    """One job's failed first run removes the empty store folders while another creates them (a joblib sweep on a
+    fresh store): the creator must not fail."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    failures = ctx.Queue()
+    procs = [ctx.Process(target=_remove_and_recreate, args=(tmp_path, 1500, failures)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert failures.empty() and all(p.exitcode == 0 for p in procs)
+
+
+def test_a_failed_stage_keeps_its_files_and_drops_its_empty_folders(tmp_path):
+    from wsss.io import remove_empty_subdirs
+
+    (tmp_path / "labels" / "deep").mkdir(parents=True)
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "a.png").write_bytes(b"x")
+    remove_empty_subdirs(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kept", "kept/a.png"]

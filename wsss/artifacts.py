@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from wsss import __version__
 from wsss.errors import UserError
-from wsss.io import artifact_files, exclusive_lock, read_json, remove_empty_dirs, sweep_temporary, write_json
+from wsss.io import (artifact_files, exclusive_lock, make_dirs, read_json, remove_empty_dirs, remove_empty_subdirs,
+                     sweep_temporary, write_json)
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,14 @@ def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -
             run_fn(cfg, art.path)
         barrier()  # rank 0 has sealed the output
         return read_json(art.manifest)["metrics"]
-    art.path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(art.path.parent)  # races with a failed parallel job's clean-up of the same folders
     try:
         with exclusive_lock(str(art.path) + ".lock"):
             if cfg.force and art.path.exists():  # complete or not: recompute from scratch
                 shutil.rmtree(art.path)
             reused = art.complete
             if not reused:  # before the barrier: the other ranks' shards write (and stat) it at once
-                art.path.mkdir(parents=True, exist_ok=True)
+                make_dirs(art.path)
                 sweep_temporary(art.path)  # a killed writer's half file; under the lock, nobody writes now
             barrier()
             if not reused:
@@ -120,7 +121,8 @@ def produce(cfg, stage: str, run_fn, run_dir: Path, distributed: bool = False) -
                 try:
                     metrics = run_fn(cfg, art.path)
                 except BaseException:
-                    remove_empty_dirs(art.path, art.path)  # what it wrote before failing stays, to resume from
+                    remove_empty_subdirs(art.path)  # what it wrote before failing stays, to resume from
+                    remove_empty_dirs(art.path, art.path)
                     raise
                 write_json(art.manifest, {
                     "stage": stage, "key": art.key, "identity": identity(cfg, stage), "metrics": metrics,

@@ -79,7 +79,7 @@ def exclusive_lock(path: str | os.PathLike):
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         except FileNotFoundError:  # its folder was just removed by a failed job's clean-up
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -94,6 +94,28 @@ def exclusive_lock(path: str | os.PathLike):
     finally:
         path.unlink(missing_ok=True)  # still held: a waiter on this file will see it is gone and retry
         os.close(fd)
+
+
+def make_dirs(path: str | os.PathLike) -> None:
+    """`mkdir -p` that survives a parallel job's `remove_empty_dirs` of the same folders: Path.mkdir(parents=True,
+    exist_ok=True) raises FileExistsError or FileNotFoundError when a folder on its way is removed between its
+    steps; try again until the folder is there."""
+    for _ in range(100):
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            return
+        except (FileExistsError, FileNotFoundError):
+            continue
+    Path(path).mkdir(parents=True, exist_ok=True)  # the same error, raised this time
+
+
+def remove_empty_subdirs(path: str | os.PathLike) -> None:
+    """Remove the empty folders below `path`, deepest first (a failed stage's folders that hold nothing)."""
+    for sub in sorted((p for p in Path(path).rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:  # not empty, or gone
+            pass
 
 
 def remove_empty_dirs(path: str | os.PathLike, stop: str | os.PathLike) -> None:
