@@ -23,7 +23,7 @@ from wsss.data.voc import VOC_CLASSES, VOCLayout, train_aug_ids
 from wsss.errors import UserError
 from wsss.io import load_label_png, palette
 from wsss.prepare import coco, voc
-from wsss.prepare.archives import Archive
+from wsss.prepare.archives import Archive, unpack
 
 TESTS = Path(__file__).resolve().parent
 RNG = np.random.default_rng(0)
@@ -217,7 +217,9 @@ def test_missing_archive_without_internet_says_where_to_put_it(tmp_path):
 
 # ------------------------------------------------------------------ COCO
 H, W = 10, 12
-CATEGORIES = [{"id": c, "name": n, "supercategory": "x"} for c, n in zip(coco.CATEGORY_IDS, coco.CLASS_NAMES, strict=True)]
+CATEGORY_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+                *range(84, 91)]  # COCO's 80 category ids, with its gaps
+CATEGORIES = [{"id": c, "name": n, "supercategory": "x"} for c, n in zip(CATEGORY_IDS, coco.CLASS_NAMES, strict=True)]
 
 
 def rect(x0, y0, x1, y1) -> list[list[float]]:
@@ -309,9 +311,58 @@ def test_coco_masks_equal_hand_computed_ones_for_both_crowd_policies(tmp_path):
         assert summary["train"] == {"images": 2, "kept": 1, "without_annotations": 1, "crowd_annotations": 1}
 
 
+def test_coco_resume_with_another_crowd_policy_stops(tmp_path):
+    archives = coco_archives(tmp_path / "downloads", coco_files(SMALL))
+    tree = coco.prepare(tmp_path, workers=1, crowd="ignore", archives=archives)
+    (tree / coco.DONE).unlink()  # as if killed among the masks
+    with pytest.raises(UserError, match="started with --crowd ignore"):
+        coco.prepare(tmp_path, workers=1, crowd="background", archives=archives)
+    assert coco.prepare(tmp_path, workers=1, crowd="ignore", archives=archives) == tree
+
+
+def test_coco_lists_and_labels_are_written_last(tmp_path, monkeypatch):
+    """A run killed among val's masks leaves no split list and no cls_labels.json: nothing that looks usable."""
+    archives = coco_archives(tmp_path / "downloads", coco_files(SMALL))
+    write = coco.write_masks
+
+    def fail_on_val(coco_index, kept, masks, crowd, workers, desc):
+        if desc.startswith("val2014"):
+            raise KeyboardInterrupt
+        return write(coco_index, kept, masks, crowd, workers, desc)
+
+    monkeypatch.setattr(coco, "write_masks", fail_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        coco.prepare(tmp_path, workers=1, archives=archives)
+    out = tmp_path / "coco2014"
+    assert (out / "SegmentationClass" / "COCO_train2014_000000000009.png").exists()
+    assert not (out / "ImageSets").exists() and not (out / "cls_labels.json").exists()
+
+
+def test_a_resumed_run_needs_no_archive_it_has_unpacked(tmp_path):
+    """Archives deleted after unpacking (to free disk), then a run killed before the end: the re-run goes on
+    without them (nothing is downloaded, nothing re-hashed)."""
+    root, archives = staged(tmp_path)
+    tree = voc.prepare(root, workers=1, archives=archives)
+    (tree / voc.DONE).unlink()
+    for a in archives.values():
+        (root / "downloads" / a.filename).unlink()
+    assert voc.prepare(root, workers=1, archives=archives) == tree
+
+
+def test_unpack_killed_between_the_move_and_its_marker_resumes(tmp_path):
+    root, archives = staged(tmp_path)
+    dest = unpack(archives["sbd"], root / "downloads", "benchmark_RELEASE", root / "benchmark_RELEASE")
+    (root / f".{archives['sbd'].filename}.unpacked").unlink()
+    staging = root / f".unpacking-{archives['sbd'].filename}"
+    staging.mkdir()
+    (staging / ".complete").touch()  # what the kill leaves: the folder moved into place, no marker yet
+    assert unpack(archives["sbd"], root / "downloads", "benchmark_RELEASE", dest) == dest
+    assert (dest / "dataset" / "train.txt").exists() and not staging.exists()
+
+
 def test_coco14_config_names_coco_categories(tmp_path):
     cfg = compose_cfg(tmp_path, "dataset=coco14", "dataset.root=/x")
-    assert list(cfg.dataset.class_names) == coco.CLASS_NAMES and len(coco.CATEGORY_IDS) == 80
+    assert list(cfg.dataset.class_names) == coco.CLASS_NAMES and len(CATEGORY_IDS) == 80
 
 
 @pytest.mark.parametrize("case, message", [

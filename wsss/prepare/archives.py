@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,31 +49,38 @@ def fetch(archive: Archive, downloads: Path) -> Path:
     return path
 
 
-def unpack(archive_path: Path, member: str, dest: Path) -> Path:
+def unpack(archive: Archive, downloads: Path, member: str, dest: Path) -> Path:
     """The archive's folder `member` (tar, tgz or zip) as `dest`, or merged into it when `dest` already holds
     another archive's files (COCO's train2014 and val2014 images go into one JPEGImages/). Resumable: the
     archive is unpacked into a staging folder beside `dest` (marked complete once whole), moved file by file,
-    and a marker beside `dest` says it is done, so a second run does nothing."""
+    and a marker beside `dest` says it is done, so a second run does nothing and does not need the archive
+    (it is fetched and checked only when there is something to unpack)."""
     from torchvision.datasets.utils import extract_archive
 
     dest = Path(dest)
-    marker = dest.parent / f".{archive_path.name}.unpacked"
+    marker = dest.parent / f".{archive.filename}.unpacked"
     if marker.exists():
         return dest
-    staging = dest.parent / f".unpacking-{archive_path.name}"
+    staging = dest.parent / f".unpacking-{archive.filename}"
     if not (staging / ".complete").exists():
+        archive_path = fetch(archive, downloads)
         shutil.rmtree(staging, ignore_errors=True)  # a killed extraction's leftovers
         staging.mkdir(parents=True)
         try:
             extract_archive(str(archive_path), str(staging))
-        except Exception as e:  # noqa: BLE001 - tarfile / zipfile errors on a broken archive
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:  # its MD5 matched: rare, but say what to do
             shutil.rmtree(staging, ignore_errors=True)
             raise PrepareError(f"unpacking {archive_path} failed ({e}); delete it and run the command again") from e
+        except OSError as e:  # disk full, permissions: the archive is fine, keep it
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PrepareError(f"unpacking {archive_path} into {staging} failed: {e}") from e
         (staging / ".complete").touch()
     inside = staging / member
-    if not inside.is_dir():
-        raise PrepareError(f"{archive_path} holds no folder {member}/; is it the right archive?")
-    if not dest.exists():
+    if not inside.is_dir() and dest.is_dir():  # moved into place by a run killed before it wrote the marker
+        pass
+    elif not inside.is_dir():
+        raise PrepareError(f"{archive.filename} holds no folder {member}/; is it the right archive?")
+    elif not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(inside, dest)
     else:  # merge: move what is not there yet (a killed merge resumes here)

@@ -10,20 +10,23 @@ From the published train2014.zip, val2014.zip and annotations_trainval2014.zip (
 - cls_labels.json: image id → class names, from every annotation of the image (crowd ones included: the class
   is in the photo), read by the VOC-layout reader before anything else;
 - ImageSets/Segmentation/train.txt and val.txt: the images with at least one annotation. Images without any are
-  left out of the lists (no label to learn from, nothing to score; the references' lists drop them too) and
-  counted in the summary;
+  left out of the lists and counted in the summary. A deviation: ReCAM's COCO code (torchvision's CocoDetection)
+  keeps them, as all-background images with an empty label; the pipeline's seed stages need a class per image;
+- the lists and cls_labels.json are written last, just before the done-file: a tree without them is unfinished;
 - the published archives hold 82,783 train2014 and 40,504 val2014 images: checked when they are the ones used.
-Resumable: masks are written atomically by worker processes and skipped when present; a second run does nothing.
+Resumable: masks are written atomically by worker processes and skipped when present; a second run does nothing;
+a run that resumes with another `--crowd` than the masks on disk were drawn with stops (ROOT/coco2014/.crowd).
 """
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from wsss.io import atomic_path, read_json, save_label_png, write_json
-from wsss.prepare.archives import Archive, PrepareError, fetch, unpack
+from wsss.prepare.archives import Archive, PrepareError, unpack
 from wsss.prepare.workers import map_files
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,6 @@ PUBLISHED = {
     "annotations": Archive("http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
                            "annotations_trainval2014.zip", "0a379cfc70b0e71301e0f377548639bd"),
 }
-CATEGORY_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
-                *range(84, 91)]
 CLASS_NAMES = [  # COCO's 80 categories in id order (conf/dataset/coco14.yaml holds the same list)
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
     "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
@@ -68,12 +69,14 @@ def prepare(root: Path, workers: int, crowd: str = "background", archives: dict[
                                f"and {out / DONE} to prepare it with --crowd {crowd}")
         log.info("%s is prepared already (%s): nothing to do", out, done)
         return out
+    check_crowd_policy(out, crowd)
     downloads = root / "downloads"
-    annotations = unpack(fetch(archives["annotations"], downloads), "annotations", out / "annotations")
+    annotations = unpack(archives["annotations"], downloads, "annotations", out / "annotations")
     summary = {"crowd": crowd}
     labels: dict[str, list[str]] = {}
+    lists: dict[str, list[str]] = {}
     for split, folder in SPLITS.items():
-        unpack(fetch(archives[folder], downloads), folder, out / "JPEGImages")
+        unpack(archives[folder], downloads, folder, out / "JPEGImages")
         coco = load_annotations(annotations / f"instances_{folder}.json")
         if published and len(coco.imgs) != PUBLISHED_IMAGES[folder]:
             raise PrepareError(f"{annotations / f'instances_{folder}.json'} lists {len(coco.imgs)} images, the "
@@ -81,15 +84,29 @@ def prepare(root: Path, workers: int, crowd: str = "background", archives: dict[
         kept, split_labels = split_contents(coco, out / "JPEGImages")
         labels.update(split_labels)
         write_masks(coco, kept, out / "SegmentationClass", crowd, workers, desc=f"{folder} masks")
-        with atomic_path(out / "ImageSets" / "Segmentation" / f"{split}.txt") as tmp:
-            tmp.write_text("".join(f"{image_id(coco, i)}\n" for i in kept))
+        lists[split] = [image_id(coco, i) for i in kept]
         summary[split] = {"images": len(coco.imgs), "kept": len(kept), "without_annotations": len(coco.imgs) - len(kept),
                           "crowd_annotations": sum(a.get("iscrowd", 0) for a in coco.anns.values())}
         del coco
     write_json(out / "cls_labels.json", labels)
+    for split, ids in lists.items():
+        with atomic_path(out / "ImageSets" / "Segmentation" / f"{split}.txt") as tmp:
+            tmp.write_text("".join(f"{i}\n" for i in ids))
     write_json(out / DONE, summary)
     log.info("COCO 2014 ready: %s", summary)
     return out
+
+
+def check_crowd_policy(out: Path, crowd: str) -> None:
+    """Record the crowd policy before the first mask is drawn, and refuse to resume masks drawn with another."""
+    record = out / ".crowd"
+    if record.exists() and record.read_text().strip() != crowd:
+        raise PrepareError(f"the masks in {out / 'SegmentationClass'} were started with --crowd "
+                           f"{record.read_text().strip()}; run again with it, or delete that folder and {record} "
+                           f"to draw them with --crowd {crowd}")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(record) as tmp:
+        tmp.write_text(crowd)
 
 
 def load_annotations(path: Path):
@@ -130,34 +147,47 @@ def split_contents(coco, images: Path) -> tuple[list[int], dict[str, list[str]]]
     return kept, labels
 
 
-def semantic_mask(coco, index: int, crowd: str) -> np.ndarray:
-    """One image's label map: category ids → 1..N in id order, later instances over earlier ones; crowd regions
-    skipped (background) or 255 under every instance (ignore)."""
-    info = coco.imgs[index]
-    label_of = {c: k + 1 for k, c in enumerate(sorted(coco.cats))}
-    mask = np.zeros((info["height"], info["width"]), np.uint8)
-    anns = coco.imgToAnns[index]
+def semantic_mask(height: int, width: int, anns: list[tuple[int, dict]], crowd: str) -> np.ndarray:
+    """One image's label map from its (label 1..N, annotation) pairs in the file's order: later instances over
+    earlier ones; crowd regions skipped (background) or 255 under every instance (ignore)."""
+    mask = np.zeros((height, width), np.uint8)
     if crowd == "ignore":
-        for ann in anns:
+        for _, ann in anns:
             if ann.get("iscrowd", 0):
-                mask[coco.annToMask(ann) > 0] = 255
-    for ann in anns:
+                mask[instance_mask(ann, height, width) > 0] = 255
+    for label, ann in anns:
         if not ann.get("iscrowd", 0):
-            mask[coco.annToMask(ann) > 0] = label_of[ann["category_id"]]
+            mask[instance_mask(ann, height, width) > 0] = label
     return mask
 
 
-_COCO = None  # the annotation index the forked workers read (set before the pool starts)
+def instance_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    """pycocotools' annToMask (polygons, RLE, uncompressed RLE) for one annotation, from an index that holds
+    only its image's size: a worker gets its image's annotations, not the whole file's index."""
+    from pycocotools.coco import COCO
+
+    one = COCO()
+    one.imgs = {ann["image_id"]: {"height": height, "width": width}}
+    return one.annToMask(ann)
 
 
-def _write_mask(index: int, crowd: str, target: Path) -> None:
-    save_label_png(target, semantic_mask(_COCO, index, crowd))
+def mask_tasks(coco, kept: list[int], masks: Path, crowd: str) -> list[tuple]:
+    """One self-contained task per image: (height, width, [(label, annotation)], crowd, target)."""
+    label_of = {c: k + 1 for k, c in enumerate(sorted(coco.cats))}  # ids 1..90 with gaps → 1..80 in id order
+    return [(coco.imgs[i]["height"], coco.imgs[i]["width"],
+             [(label_of[a["category_id"]], a) for a in coco.imgToAnns[i]], crowd, masks / f"{image_id(coco, i)}.png")
+            for i in kept]
+
+
+def _write_mask(height: int, width: int, anns: list, crowd: str, target: Path) -> None:
+    save_label_png(target, semantic_mask(height, width, anns, crowd))
 
 
 def write_masks(coco, kept: list[int], masks: Path, crowd: str, workers: int, desc: str) -> int:
-    global _COCO
-    _COCO = coco
+    """The masks of `kept`, in worker processes. The index is frozen out of the garbage collector's reach first,
+    so that forked workers, which never touch it, do not copy its pages either."""
+    gc.freeze()
     try:
-        return map_files(_write_mask, [(i, crowd, masks / f"{image_id(coco, i)}.png") for i in kept], workers, desc)
+        return map_files(_write_mask, mask_tasks(coco, kept, masks, crowd), workers, desc)
     finally:
-        _COCO = None
+        gc.unfreeze()

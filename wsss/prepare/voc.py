@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wsss.data.voc import TRAIN_AUG_SIZE, _sbd_values, read_list, train_aug_ids
 from wsss.io import atomic_path, read_json, save_label_png, write_json
-from wsss.prepare.archives import Archive, PrepareError, fetch, unpack
+from wsss.prepare.archives import Archive, PrepareError, unpack
 from wsss.prepare.workers import map_files
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def prepare(root: Path, workers: int, archives: dict[str, Archive] | None = None
         log.info("%s is prepared already (%s): nothing to do", voc, read_json(voc / DONE))
         return voc
     downloads = root / "downloads"
-    voc = unpack(fetch(archives["voc"], downloads), "VOCdevkit/VOC2012", voc)
-    sbd = unpack(fetch(archives["sbd"], downloads), "benchmark_RELEASE", root / "benchmark_RELEASE") / "dataset"
+    voc = unpack(archives["voc"], downloads, "VOCdevkit/VOC2012", voc)
+    sbd = unpack(archives["sbd"], downloads, "benchmark_RELEASE", root / "benchmark_RELEASE") / "dataset"
     for need in (sbd / "cls", sbd / "train.txt", sbd / "val.txt", voc / "SegmentationClass"):
         if not need.exists():
             raise PrepareError(f"{need} is missing from the unpacked archives; delete {root} and start again")
