@@ -52,7 +52,8 @@ def load_run(run: Path) -> dict:
     config = yaml.safe_load((hydra / "config.yaml").read_text()) if (hydra / "config.yaml").exists() else {}
     setting = tuple(sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_A_SETTING)))
     return {"dir": run, "metrics": json.loads((run / "metrics.json").read_text()), "setting": setting,
-            "paper": (config or {}).get("paper") or {}}
+            "paper": (config or {}).get("paper") or {},
+            "class_names": ((config or {}).get("dataset") or {}).get("class_names") or []}
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -122,7 +123,9 @@ def _paper(paper: dict, keys: list[str]) -> str:
 def per_class_rows(runs: list[dict], prefix: str) -> tuple[list[str], list[list[str]]]:
     """One row per class (background first, then the dataset's order), one column per setting: readable at
     COCO's 80 classes as at VOC's 20."""
-    names = list(dict.fromkeys(k.split("/iou/")[1] for r in runs for k in r["metrics"] if k.startswith(f"{prefix}/iou/")))
+    found = dict.fromkeys(k.split("/iou/")[1] for r in runs for k in r["metrics"] if k.startswith(f"{prefix}/iou/"))
+    order = ["background", *next((r["class_names"] for r in runs if r["class_names"]), [])]
+    names = [n for n in order if n in found] + [n for n in found if n not in order]  # metrics.json is key-sorted
     if not names:
         sys.exit(f"make_tables: no per-class IoU under {prefix}/iou/ in these runs")
     groups, _ = group_runs(runs)

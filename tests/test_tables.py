@@ -8,17 +8,20 @@ import pytest
 import yaml
 
 from tests.conftest import TINY
+from wsss.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_tables  # noqa: E402
 
 
-def fake_run(d: Path, overrides: list[str], metrics: dict, paper: dict | None = None) -> None:
+def fake_run(d: Path, overrides: list[str], metrics: dict, paper: dict | None = None,
+             class_names: list[str] | None = None) -> None:
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"paper": paper} if paper else {}))
-    (d / "metrics.json").write_text(json.dumps(metrics))
+    config = {**({"paper": paper} if paper else {}), **({"dataset": {"class_names": class_names}} if class_names else {})}
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    write_json(d / "metrics.json", metrics)  # as the pipeline writes it: keys sorted
 
 
 def test_rows_group_seeds_with_mean_and_sample_std(tmp_path, capsys):
@@ -92,7 +95,8 @@ def test_per_class_table_has_a_row_per_class_in_dataset_order_at_80_classes(tmp_
     for seed in (0, 1):
         for cam in ("cam", "recam"):
             per_class = {f"eval_cam/train/iou/{n}": float(i + seed + (cam == "recam")) for i, n in enumerate(names)}
-            fake_run(tmp_path / f"{cam}{seed}", [f"cam={cam}", f"seed={seed}"], {"eval_cam/train/miou": 1.0, **per_class})
+            fake_run(tmp_path / f"{cam}{seed}", [f"cam={cam}", f"seed={seed}"], {"eval_cam/train/miou": 1.0, **per_class},
+                     class_names=CLASS_NAMES)
     make_tables.main([str(tmp_path), "--per-class", "eval_cam/train", "--format", "csv"])
     lines = capsys.readouterr().out.splitlines()
     table = lines[lines.index("eval_cam/train IoU,cam=cam,cam=recam"):]
