@@ -1,7 +1,7 @@
 """What a run prints and draws for people: the summary's groups, units and marks, the checks, the legends."""
 import numpy as np
 
-from wsss.pipeline import checks, headline, summary_table
+from wsss.pipeline import checks, headline, summary_table, unit
 from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, colour_labels, colour_scale, legend
 
 METRICS = {
@@ -28,6 +28,7 @@ def test_summary_groups_per_stage_with_units_and_marks_what_is_tuned_on_gt():
     assert row(text, "eval_cam/train/threshold").split()[1:] == ["0.63"]
     assert row(text, "eval_cam/train/fp").split()[1:] == ["12.50", "%"]
     assert row(text, "train_cls/val/acc").split()[1:] == ["91.50", "%"]
+    assert unit("train_recam/train/sce_acc_epoch") == "%" and unit("train_cls/train/loss_epoch") == ""
     assert "make_cam  (reused from the store (force=true recomputes)" in text
     assert "make_cam/computed" not in text  # a reused stage computed nothing in this run
     assert "iou/background" not in text and "protocol/" not in text  # per-class values and tags stay in the files

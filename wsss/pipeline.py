@@ -133,7 +133,7 @@ UNITS = (("miou", "%"), ("iou", "%"), ("precision", "%"), ("recall", "%"), ("acc
 
 
 def unit(key: str) -> str:
-    last = key.split("/")[-1]
+    last = key.split("/")[-1].removesuffix("_epoch").removesuffix("_step")  # Lightning's logged variants
     for marker, u in UNITS:
         if last.startswith(marker) or last.endswith(marker) or (marker.endswith("/") and key.startswith(marker)):
             return u

@@ -58,7 +58,7 @@ class StageProgressBar(TQDMProgressBar):
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
-        self.predict_progress_bar.set_description(self.stage)
+        self.predict_progress_bar.set_description(self.stage, refresh=False)  # Lightning redraws it at once
 
 
 class ChannelsLast(L.Callback):

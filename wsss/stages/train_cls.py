@@ -17,7 +17,8 @@ from wsss.models.classifier import ClassifierModule
 from wsss.models.linear_probe import probe_head
 from wsss.training import build_trainer, drop_resume_state, logged, plain, resumable, save_checkpoint
 
-VERSION = 3  # 2: frozen BN statistics really frozen under Lightning; 3: normalisation in the checkpoint
+VERSION = 4  # 2: frozen BN statistics really frozen under Lightning; 3: normalisation in the checkpoint;
+             # 4: accuracies in percent (a reused older classifier would report fractions)
 STORED = True
 DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 log = logging.getLogger(__name__)

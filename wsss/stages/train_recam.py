@@ -19,7 +19,7 @@ from wsss.models.recam import ReCAMModule
 from wsss.stages import train_cls
 from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
 
-VERSION = 2  # 2: the probed SCE head (sce_init=probe) is centred over the classes
+VERSION = 3  # 2: the probed SCE head (sce_init=probe) is centred over the classes; 3: sce_acc in percent
 STORED = True
 DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work)
 
