@@ -76,24 +76,6 @@ def test_ddp_two_cpu_processes_share_the_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_cam_recam_trains_one_classifier(tmp_path):
-    # no paths.* override: everything lands under the launch directory, as for a user
-    cmd = [sys.executable, "-m", "wsss", "-m", "cam=cam,recam", "stages=[train_cls,train_recam,make_cam,eval_cam]",
-           "++cam.train.epochs=1", *TINY]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    store = tmp_path / "artifacts"
-    assert len(list(store.glob("train_cls/*/manifest.json"))) == 1
-    assert len(list(store.glob("train_recam/*/manifest.json"))) == 1
-    assert len(list(store.glob("make_cam/*/manifest.json"))) == 2
-    runs = sorted(tmp_path.glob("outputs/multirun/*/*/metrics.json"))
-    names = [p.parent.name for p in runs]
-    assert names[0].startswith("0_") and names[1].startswith("1_") and all(len(n) <= 100 for n in names)
-    reused = [json.loads((p.parent / "artifacts.json").read_text())["train_cls"]["reused"] for p in runs]
-    assert reused == [False, True]
-
-
-@pytest.mark.slow
 def test_bad_dataset_root_is_one_clear_line(tmp_path):
     res = subprocess.run([sys.executable, "-m", "wsss", "dataset=voc12", f"dataset.root={tmp_path}/nope",
                           "stages=[train_cls]", f"paths.root={tmp_path}"],

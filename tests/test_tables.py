@@ -61,12 +61,22 @@ def test_empty_or_missing_directory_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_seed_by_method_sweep_gives_a_cam_and_a_recam_row(tmp_path):
+def test_seed_by_method_sweep_shares_classifiers_and_gives_a_cam_and_a_recam_row(tmp_path):
+    # no paths.* override: everything lands under the launch directory, as for a user
     cmd = [sys.executable, "-m", "wsss", "-m", "seed=0,1", "cam=cam,recam",
            "stages=[train_cls,train_recam,make_cam,eval_cam]", "++cam.train.epochs=1", *TINY]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    store = tmp_path / "artifacts"  # one classifier and one ReCAM per seed, CAM and ReCAM seeds for each
+    assert [len(list(store.glob(f"{s}/*/manifest.json"))) for s in ("train_cls", "train_recam", "make_cam")] == [2, 2, 4]
     sweep = next((tmp_path / "outputs" / "multirun").iterdir())
+    jobs = sorted(sweep.iterdir(), key=lambda d: int(d.name.split("_")[0]) if d.name[0].isdigit() else -1)
+    jobs = [d for d in jobs if (d / "metrics.json").exists()]
+    assert [d.name.split("_")[0] for d in jobs] == ["0", "1", "2", "3"] and all(len(d.name) <= 100 for d in jobs)
+    reused = [(yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()),
+               json.loads((d / "artifacts.json").read_text())["train_cls"]["reused"]) for d in jobs]
+    for seed in ("seed=0", "seed=1"):  # the second job of a seed reuses its classifier
+        assert sorted(r for overrides, r in reused if seed in overrides) == [False, True]
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(sweep)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
