@@ -151,24 +151,25 @@ def semantic_mask(height: int, width: int, anns: list[tuple[int, dict]], crowd: 
     """One image's label map from its (label 1..N, annotation) pairs in the file's order: later instances over
     earlier ones; crowd regions skipped (background) or 255 under every instance (ignore)."""
     mask = np.zeros((height, width), np.uint8)
+    index = one_image_index(height, width, anns)
     if crowd == "ignore":
         for _, ann in anns:
             if ann.get("iscrowd", 0):
-                mask[instance_mask(ann, height, width) > 0] = 255
+                mask[index.annToMask(ann) > 0] = 255
     for label, ann in anns:
         if not ann.get("iscrowd", 0):
-            mask[instance_mask(ann, height, width) > 0] = label
+            mask[index.annToMask(ann) > 0] = label
     return mask
 
 
-def instance_mask(ann: dict, height: int, width: int) -> np.ndarray:
-    """pycocotools' annToMask (polygons, RLE, uncompressed RLE) for one annotation, from an index that holds
-    only its image's size: a worker gets its image's annotations, not the whole file's index."""
+def one_image_index(height: int, width: int, anns: list[tuple[int, dict]]):
+    """A pycocotools index that holds only this image's size, for its annToMask (polygons, RLE, uncompressed
+    RLE): a worker gets its image's annotations, not the whole file's index."""
     from pycocotools.coco import COCO
 
-    one = COCO()
-    one.imgs = {ann["image_id"]: {"height": height, "width": width}}
-    return one.annToMask(ann)
+    index = COCO()
+    index.imgs = {ann["image_id"]: {"height": height, "width": width} for _, ann in anns}
+    return index
 
 
 def mask_tasks(coco, kept: list[int], masks: Path, crowd: str) -> list[tuple]:
