@@ -5,9 +5,15 @@
 Every run directory below the given ones (a directory holding `metrics.json`) is one run. Runs
 with the same settings (their Hydra overrides, minus `seed` and paths) form one row, labelled by the
 overrides that set it apart (those all rows share are printed above the table): the mean ±
-sample standard deviation over seeds of each headline metric, the number of runs, the paper's
+sample standard deviation over seeds of each headline metric, n the number of distinct seeds, the paper's
 figure where the experiment preset records one (`paper:` block; "?" marks unconfirmed ones), and
 protocol columns (split, τ source, CRF, scales/flip, backbone, initialisation).
+
+Runs of one setting with the same seed are one measurement: each figure is the latest run's that has it (a
+re-run that reused everything from the store repeats, it does not measure again; stderr says which runs were
+merged). Timings (seconds) of a stage a run reused from the store are left out: they are the timing of the
+run that made it, under whatever load that run had. Figures the ground truth helped choose (the sweep's best
+τ and its scores; with `pseudo.threshold_source=swept` everything downstream of that τ) say "GT-tuned".
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from wsss.keys import is_tuned_on_gt
 
 HEADLINE = ["eval_cam/{split}/miou", "eval_cam/{split}/miou_best", "eval_cam/{split}/threshold_best",
             "make_cam/seconds_per_image", "make_pseudo/{split}/miou", "eval_seg/{split}/miou"]
@@ -49,11 +57,50 @@ def find_runs(dirs) -> list[Path]:
 def load_run(run: Path) -> dict:
     hydra = run / ".hydra"
     overrides = yaml.safe_load((hydra / "overrides.yaml").read_text()) if (hydra / "overrides.yaml").exists() else []
-    config = yaml.safe_load((hydra / "config.yaml").read_text()) if (hydra / "config.yaml").exists() else {}
+    config = (yaml.safe_load((hydra / "config.yaml").read_text()) if (hydra / "config.yaml").exists() else {}) or {}
     setting = tuple(sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_A_SETTING)))
-    return {"dir": run, "metrics": json.loads((run / "metrics.json").read_text()), "setting": setting,
-            "paper": (config or {}).get("paper") or {},
-            "class_names": ((config or {}).get("dataset") or {}).get("class_names") or []}
+    metrics = json.loads((run / "metrics.json").read_text())
+    used = json.loads((run / "artifacts.json").read_text()) if (run / "artifacts.json").exists() else {}
+    reused = {stage for stage, entry in used.items() if isinstance(entry, dict) and entry.get("reused")}
+    metrics = {k: v for k, v in metrics.items() if not (is_timing(k) and stage_of(k) in reused)}
+    return {"dir": run, "metrics": metrics, "setting": setting, "paper": config.get("paper") or {},
+            "seed": run_seed(config, overrides, metrics, run), "mtime": (run / "metrics.json").stat().st_mtime,
+            "class_names": (config.get("dataset") or {}).get("class_names") or []}
+
+
+def run_seed(config: dict, overrides: list[str], metrics: dict, run: Path):
+    """The run's seed (its config, else its overrides, else its metrics); a run that says none is its own."""
+    if "seed" in config:
+        return config["seed"]
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("seed=")]
+    if given:
+        return int(given[-1])
+    return metrics.get("protocol/seed", f"unknown ({run})")
+
+
+def is_timing(key: str) -> bool:
+    return key.startswith("time/") or "seconds" in key.split("/")[-1]
+
+
+def stage_of(key: str) -> str:
+    return key.split("/")[1] if key.startswith("time/") else key.split("/")[0]
+
+
+def one_per_seed(members: list[dict]) -> list[dict]:
+    """The runs of one setting merged per seed: each figure from the latest run that has it."""
+    by_seed: dict = {}
+    for r in sorted(members, key=lambda r: r["mtime"]):
+        by_seed.setdefault(r["seed"], []).append(r)
+    merged = []
+    for seed, runs in by_seed.items():
+        if len(runs) > 1:
+            print(f"make_tables: {len(runs)} runs of one setting with seed {seed} count once (latest figure of each "
+                  f"key): {', '.join(str(r['dir']) for r in runs)}", file=sys.stderr)
+        metrics: dict = {}
+        for r in runs:
+            metrics.update(r["metrics"])
+        merged.append({**runs[-1], "metrics": metrics})
+    return merged
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -75,7 +122,8 @@ def digits(key: str) -> int:
 def protocol(metrics: dict) -> dict:
     g = metrics.get
     source = g("protocol/make_pseudo/threshold_source") or "fixed"
-    return {"method": g("protocol/cam/method", "?"), "split": g("protocol/eval_cam/split", "?"),
+    split = g("protocol/eval_cam/split") or (g("protocol/make_pseudo/splits") or "?").split(",")[0]
+    return {"method": g("protocol/cam/method", "?"), "split": split,
             "τ source": "GT-swept" if source == "swept" else "stated",
             "refine": g("protocol/make_pseudo/refine", "—"), "scales+flip": g("protocol/cam/scales", "?"),
             "backbone": g("protocol/backbone", "?"), "init": g("protocol/init", "?")}
@@ -87,7 +135,7 @@ def group_runs(runs: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
     for r in runs:
         groups.setdefault(r["setting"], []).append(r)
     common = set.intersection(*(set(k) for k in groups)) if len(groups) > 1 else set()
-    labelled = {", ".join(o for o in k if o not in common) or "(defaults)": v for k, v in groups.items()}
+    labelled = {", ".join(o for o in k if o not in common) or "(defaults)": one_per_seed(v) for k, v in groups.items()}
     return labelled, sorted(common)
 
 
@@ -98,13 +146,15 @@ def build_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     keys = [k.format(split=split) for k in HEADLINE]
     keys += [k.replace(f"/{split}/", "/val/") for k in keys if k.startswith("eval_seg")]
     keys = [k for k in dict.fromkeys(keys) if any(k in r["metrics"] for r in runs)]
-    header = ["setting", "n"] + keys + ["paper"] + list(protocol({}).keys())
+    header = ["setting", "n"] + [f"{k} (GT-tuned)" if is_tuned_on_gt(k) else k for k in keys] + ["paper"]
+    header += list(protocol({}).keys())
     rows = []
     for label, members in groups.items():
         cells = [label, str(len(members))]
         for k in keys:
             values = [r["metrics"][k] for r in members if k in r["metrics"]]
-            cells.append(fmt(*mean_std(values), digits(k)) if values else "—")
+            tuned = not is_tuned_on_gt(k) and any(is_tuned_on_gt(k, r["metrics"]) for r in members)
+            cells.append((fmt(*mean_std(values), digits(k)) + (" GT-tuned" if tuned else "")) if values else "—")
         cells.append(_paper(members[0]["paper"], keys))
         cells += list(protocol(members[0]["metrics"]).values())
         rows.append(cells)

@@ -6,7 +6,7 @@
   Annotations/; skipped without);
 - centre prior: no network at all: every present class gets the same centred Gaussian map
   (σ = a quarter of each side), thresholded as a seed at the stated τ 0.15 and at the best τ of
-  eval_cam's sweep (0.05-0.60 on the ground truth), what a seed must beat to show any localisation.
+  eval_cam's sweep (0.05-0.95 on the ground truth, as eval_cam), what a seed must beat to show any localisation.
 All are scored exactly like eval_cam (255 ignored, background + classes, nanmean).
 
     python scripts/seed_baselines.py DATA_ROOT [--split train] [--classes synthetic|voc12]
@@ -21,7 +21,7 @@ from wsss.data.synthetic import CLASS_NAMES
 from wsss.data.voc import VOC_CLASSES, VOCLayout
 from wsss.metrics import ThresholdSweep, confusion, scores
 
-SWEEP = np.round(np.arange(0.05, 0.605, 0.01), 6)
+SWEEP = np.round(np.arange(0.05, 0.955, 0.01), 6)  # eval_cam's default sweep (conf/config.yaml: 0.05-0.95)
 
 
 def nearest_box_labels(shape, boxes) -> np.ndarray:

@@ -91,6 +91,22 @@ def test_bad_dataset_root_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("overrides,message", [
+    (["dataset.root=../shared/data/voc530"], "wsss: error: dataset.root=../shared/data/voc530 is set but "
+     "dataset=synthetic makes its own images and reads no root: add dataset=voc12 (or dataset=coco14) to read the "
+     "VOC-layout tree there"),
+    (["+cam.treshold=0.2"], "wsss: error: +cam.treshold=0.2: no stage reads the key cam.treshold (added with +, "
+     "it would change nothing); did you mean cam.threshold=0.2?")])
+def test_silent_mistakes_are_one_line_errors(tmp_path, overrides, message):
+    """Both ran before, printing figures: the synthetic data's under a VOC root, τ unchanged under a typo."""
+    res = subprocess.run([sys.executable, "-m", "wsss", "stages=[train_cls]", f"paths.root={tmp_path}", *overrides],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.slow
 def test_joblib_sweep_trains_the_shared_classifier_once(tmp_path):
     """Two parallel jobs that need the same classifier: one trains it, the other waits and reuses it. Their loaders
     start worker processes: inside a joblib (loky) job the default multiprocessing context is loky's, so the loaders

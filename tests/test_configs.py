@@ -133,3 +133,37 @@ def test_ir_label_offsets_come_from_the_dataset_and_voc_small_pins_its_calibrati
     cfg = compose_cfg(tmp_path, "experiment=voc_small", "refine=crf", "refine.fg_threshold=0.3",
                       "dataset.root=/data/voc")
     assert cfg.refine.fg_threshold == 0.3  # absolute thresholds still win
+
+
+def test_a_root_given_to_the_synthetic_dataset_is_an_error_naming_the_fix(tmp_path):
+    """Before, `dataset.root=...` without `dataset=voc12` ran on the synthetic data (and reused its classifier)."""
+    with pytest.raises(ConfigError, match=r"dataset=synthetic .* reads no root: add dataset=voc12"):
+        validate(compose_cfg(tmp_path, "dataset.root=/data/voc"))
+    validate(compose_cfg(tmp_path, "dataset=voc12", "dataset.root=/data/voc"))
+
+
+def test_added_keys_that_no_stage_reads_are_refused_with_the_nearest_real_key(tmp_path):
+    from wsss.errors import UserError
+    from wsss.overrides import check_added_keys
+
+    cfg = compose_cfg(tmp_path, "cam=recam", "+cam.treshold=0.2")
+    with pytest.raises(UserError, match=r"\+cam.treshold=0.2: no stage reads .* did you mean cam.threshold=0.2\?"):
+        check_added_keys(["cam=recam", "+cam.treshold=0.2"], cfg)
+    with pytest.raises(UserError, match="did you mean cam.threshold"):
+        check_added_keys(["++cam.treshold=0.2"], compose_cfg(tmp_path, "++cam.treshold=0.2"))
+    # read: Trainer / logger arguments (their constructors check them), config groups, `++` on declared keys
+    fine = ["+trainer.enable_progress_bar=false", "+experiment=voc_small", "++cam.train.epochs=1", "cam=recam",
+            "++refine.ir_labels.label_crf.gt_prob=0.8", "++cls.min_steps=10", "~cam.precision"]
+    check_added_keys(fine, compose_cfg(tmp_path))
+
+
+def test_no_tracked_file_is_ignored_by_gitignore():
+    """A .gitignore line that matches a tracked file (conf/config.yaml was reported) hides its edits from `git add`."""
+    import shutil
+    import subprocess
+
+    root = Path(CONF).parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    res = subprocess.run(["git", "ls-files", "-ci", "--exclude-standard"], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout == ""

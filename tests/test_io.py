@@ -145,3 +145,17 @@ def test_a_failed_stage_keeps_its_files_and_drops_its_empty_folders(tmp_path):
     (tmp_path / "kept" / "a.png").write_bytes(b"x")
     remove_empty_subdirs(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["kept", "kept/a.png"]
+
+
+def test_atomic_files_get_the_umasks_mode_not_mkstemps_0600(tmp_path):
+    """metrics.json, artifacts.json and the PNGs were 0600: unreadable to a group sharing the results."""
+    import os
+    import stat
+
+    from wsss.io import FILE_MODE, atomic_path
+
+    with atomic_path(tmp_path / "metrics.json") as tmp:
+        tmp.write_text("{}")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open() gives under this process's umask
+    assert stat.S_IMODE(os.stat(tmp_path / "metrics.json").st_mode) == stat.S_IMODE(os.stat(plain).st_mode) == FILE_MODE

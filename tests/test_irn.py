@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wsss import artifacts
-from wsss.data.transforms import irn_train_view
+from wsss.data.transforms import irn_reduce_label, irn_train_view
 from wsss.io import artifact_files, load_label_png
 from wsss.models.irn import IRNModule, load_irn
 from wsss.pipeline import run_pipeline
@@ -53,14 +53,51 @@ def test_irn_view_keeps_image_and_label_aligned_at_stride_4():
     for _ in range(20):
         x, label = irn_train_view(image, bands, (0.5, 1.5), 128, rng, ((0, 0, 0), (1 / 255, 1 / 255, 1 / 255)))
         assert x.shape == (3, 128, 128) and label.shape == (32, 32) and label.dtype == torch.long
-        sampled = x[0, ::4, ::4]
+        sampled = x[0, 2::4, 2::4]  # the label's cell centres (irn_reduce_label)
         inside = label != 255
         seen_pad |= bool((~inside).any())
         # bicubic resizing blurs the band edges: most samples, not all
         same = (sampled[inside] / 30).round() == label[inside].float()
         assert same.float().mean() > 0.8
-        assert (x[:, ::4, ::4][:, ~inside] == 0).all()  # padding: the mean colour in the image, 255 in the label
+        assert (x[:, 2::4, 2::4][:, ~inside] == 0).all()  # padding: the mean colour in the image, 255 in the label
     assert seen_pad
+
+
+def test_stride_4_label_is_sampled_at_cell_centres_as_irns_pil_resize():
+    """IRN reduces the crop's label by `pil_rescale(label, 0.25, 0)`: PIL's nearest resize, which takes the pixel
+    at the centre of each 4×4 cell. A label whose value is its column number gives 2, 6, 10, … (not 0, 4, 8)."""
+    columns = np.tile(np.arange(128, dtype=np.uint8), (128, 1))
+    reduced = irn_reduce_label(columns)
+    assert reduced.shape == (32, 32) and reduced.dtype == np.uint8
+    assert (reduced == np.arange(2, 128, 4, dtype=np.uint8)).all()
+    assert (irn_reduce_label(columns.T) == np.arange(2, 128, 4, dtype=np.uint8)[:, None]).all()
+
+
+@pytest.mark.parametrize("h,w", [(130, 126), (129, 131), (6, 10)])
+def test_stride_4_label_of_a_side_not_a_multiple_of_4_follows_irn(h, w):
+    """IRN's target side is numpy's round(n / 4) (half to even: 130 → 32, 126 → 32, 10 → 2) and PIL's nearest
+    takes input pixel floor((i + 0.5) · n / m): written out here by hand, independently of PIL."""
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    label = (rows * 1000 + cols).astype(np.int32)  # every pixel its own value (PIL mode I)
+    m_h, m_w = int(np.round(h / 4)), int(np.round(w / 4))
+    src_r = np.floor((np.arange(m_h) + 0.5) * h / m_h).astype(int)
+    src_c = np.floor((np.arange(m_w) + 0.5) * w / m_w).astype(int)
+    reduced = irn_reduce_label(label)
+    assert reduced.shape == (m_h, m_w)
+    np.testing.assert_array_equal(reduced, label[np.ix_(src_r, src_c)])
+
+
+def test_irn_view_label_is_the_column_at_each_cell_centre():
+    """After flip and crop, the stride-4 label of a column-number label is the column the image shows at pixel
+    4i + 2 of the crop: the boundary network's targets sit where IRN puts them."""
+    rng = np.random.default_rng(1)
+    columns = np.tile(np.arange(200, dtype=np.uint8), (150, 1))
+    image = np.stack([columns] * 3, -1)
+    for _ in range(10):
+        x, label = irn_train_view(image, columns, (1.0, 1.0), 128, rng, ((0, 0, 0), (1 / 255, 1 / 255, 1 / 255)))
+        inside = label != 255
+        assert inside.any()
+        np.testing.assert_array_equal(x[0, 2::4, 2::4][inside].round().long().numpy(), label[inside].numpy())
 
 
 def test_train_irn_does_nothing_without_refine_irn(tiny_cfg):

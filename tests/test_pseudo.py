@@ -144,3 +144,5 @@ def test_swept_threshold_is_the_eval_cam_best(tiny_cfg):
     assert m["make_pseudo/train/threshold"] == pytest.approx(m["eval_cam/train/threshold_best"])
     assert m["make_pseudo/train/miou"] == pytest.approx(m["eval_cam/train/miou_best"])
     assert m["protocol/make_pseudo/threshold_source"] == "swept"
+    assert m["protocol/gt_tuned/make_pseudo"] is True  # the summary and the tables mark its figures GT-tuned
+    assert m["protocol/cam/method"] == "cam" and m["protocol/backbone"]  # the seeds' tags, from make_pseudo too

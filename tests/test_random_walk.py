@@ -168,6 +168,35 @@ def test_rw_label_background_threshold_and_keys():
     assert (rw_label(np.zeros((0, h4, w4), np.float32), np.array([], np.int64), edge, (38, 40), 0.25) == 0).all()
 
 
+def test_rw_label_of_seeds_that_are_all_zero_is_background_not_irns_first_class():
+    """A deviation from IRN (README, faithfulness): when the present classes' seeds are zero everywhere, IRN's
+    `rw_up / torch.max(rw_up)` is 0 / 0 and the argmax over [background, NaN, …] picks the first class, labelling
+    the whole image with it. Here the image is background: there is no evidence for any class."""
+    edge = torch.zeros(8, 9)
+    zeros = np.zeros((2, 8, 9), np.float32)
+    label = rw_label(zeros, np.array([2, 11]), edge, (30, 33), bg_threshold=0.25)
+    assert label.shape == (30, 33) and (label == 0).all()
+    rw = propagate(torch.from_numpy(zeros), edge)  # IRN's own arithmetic on the same walk, for the record
+    up = rw / rw.max()
+    irn = torch.cat([torch.full_like(up[:1], 0.25), up]).argmax(0)
+    assert torch.isnan(up).all() and (irn == 1).all()
+
+
+def test_walk_label_is_its_maps_thresholded_as_seeds_are():
+    """scripts/walk_threshold.py sweeps the walk's background threshold over `rw_maps` with eval_cam's sweep:
+    that is exact only if the walk's label is those maps thresholded like seeds (ties to the background)."""
+    from wsss.metrics import threshold_cams
+    from wsss.random_walk import rw_maps
+
+    g = torch.Generator().manual_seed(3)
+    strided = torch.rand(2, 9, 11, generator=g).numpy()
+    edge = torch.rand(9, 11, generator=g) * 0.5
+    keys = np.array([4, 9])
+    maps = rw_maps(strided, edge, (33, 41)).numpy()
+    for t in (0.1, 0.3, 0.62, 0.9):
+        np.testing.assert_array_equal(rw_label(strided, keys, edge, (33, 41), t), threshold_cams(maps, keys, t))
+
+
 MEMORY_PROBE = """
 import resource, torch
 from wsss.random_walk import rw_label

@@ -34,6 +34,24 @@ def test_summary_groups_per_stage_with_units_and_marks_what_is_tuned_on_gt():
     assert "iou/background" not in text and "protocol/" not in text  # per-class values and tags stay in the files
 
 
+def test_figures_downstream_of_a_swept_tau_are_marked_gt_tuned():
+    """Before, `pseudo.threshold_source=swept` printed make_pseudo's mIoU and its τ (chosen on the ground truth)
+    unmarked: only `_best` keys were."""
+    metrics = {"make_pseudo/train/miou": 44.1, "make_pseudo/train/threshold": 0.32, "make_pseudo/images": 8,
+               "train_seg/val/miou": 30.0, "eval_seg/val/miou": 31.0, "time/make_pseudo": 3.0,
+               "protocol/gt_tuned/make_pseudo": True, "protocol/gt_tuned/train_seg": True,
+               "protocol/gt_tuned/eval_seg": True}
+    text = summary_table(metrics)
+    assert row(text, "make_pseudo/train/miou").split()[1:] == ["44.10", "%", "GT-tuned"]
+    assert row(text, "make_pseudo/train/threshold").split()[1:] == ["0.32", "GT-tuned"]
+    assert row(text, "make_pseudo/images").split()[1:] == ["8"]  # a count, not a figure the GT chose
+    assert row(text, "eval_seg/val/miou").endswith("GT-tuned")
+    assert headline({k: v for k, v in metrics.items() if "make_pseudo" in k})[0] == \
+        ("train/miou (GT-tuned)", "44.10 %")
+    fixed = {k: v for k, v in metrics.items() if not k.startswith("protocol/")}
+    assert not any(line.endswith("GT-tuned") for line in summary_table(fixed).splitlines())
+
+
 def test_the_two_segmentation_figures_say_how_they_were_scored():
     metrics = {**METRICS, "train_seg/val/miou": 31.9, "protocol/eval_seg/scales": "1.0",
                "protocol/eval_seg/flip": True, "protocol/eval_seg/crf": True}

@@ -93,8 +93,8 @@ def test_method_rows_carry_best_threshold_and_seconds_per_image(tmp_path, capsys
                                                         "make_cam/seconds_per_image": sec})
     make_tables.main([str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("| setting | n | eval_cam/train/miou | eval_cam/train/miou_best | "
-                             "eval_cam/train/threshold_best | make_cam/seconds_per_image |")
+    assert out[0].startswith("| setting | n | eval_cam/train/miou | eval_cam/train/miou_best (GT-tuned) | "
+                             "eval_cam/train/threshold_best (GT-tuned) | make_cam/seconds_per_image |")
     assert "| 30.0 | 33.3 | 0.40 | 1.40 |" in next(line for line in out if line.startswith("| cam=gradcam |"))
 
 
@@ -112,3 +112,34 @@ def test_per_class_table_has_a_row_per_class_in_dataset_order_at_80_classes(tmp_
     table = lines[lines.index("eval_cam/train IoU,cam=cam,cam=recam"):]
     assert len(table) == 1 + 81
     assert table[1] == "background,0.5,1.5" and table[-1] == "toothbrush,80.5,81.5"  # mean over the two seeds
+
+
+def test_a_rerun_of_the_same_seed_counts_once_and_reused_timings_are_left_out(tmp_path, capsys):
+    """Before: two runs of seed 0 (the second reused everything) gave n = 2 and ± 0.0, and the seconds per image
+    of the run that made the seeds were averaged with themselves."""
+    tags = {"protocol/eval_cam/split": "train"}
+    fake_run(tmp_path / "a", ["seed=0"], {"eval_cam/train/miou": 39.3, "make_cam/seconds_per_image": 0.5, **tags})
+    fake_run(tmp_path / "b", ["seed=0"], {"eval_cam/train/miou": 39.3, "make_cam/seconds_per_image": 0.5, **tags})
+    write_json(tmp_path / "b" / "artifacts.json", {"make_cam": {"path": "x", "reused": True}})
+    fake_run(tmp_path / "c", ["seed=1"], {"eval_cam/train/miou": 41.3, "make_cam/seconds_per_image": 0.9, **tags})
+    write_json(tmp_path / "c" / "artifacts.json", {"make_cam": {"path": "y", "reused": True}})
+    make_tables.main([str(tmp_path)])
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("| (defaults) |"))
+    assert "| 2 | 40.3 ± 1.4 | 0.50 |" in row  # two seeds; the timing of the run that computed, not of the reuses
+    assert "2 runs of one setting with seed 0 count once" in captured.err
+
+
+def test_figures_of_a_swept_tau_are_marked_gt_tuned_and_protocol_comes_from_make_pseudo(tmp_path, capsys):
+    swept = {"make_pseudo/train/miou": 44.0, "protocol/gt_tuned/make_pseudo": True,
+             "protocol/make_pseudo/threshold_source": "swept", "protocol/make_pseudo/splits": "train",
+             "protocol/cam/method": "cam", "protocol/backbone": "tf_efficientnet_lite0"}
+    fake_run(tmp_path / "0", ["refine=crf", "pseudo.threshold_source=swept"], swept)
+    fake_run(tmp_path / "1", ["refine=crf"], {**swept, "protocol/gt_tuned/make_pseudo": False,
+                                              "protocol/make_pseudo/threshold_source": "fixed"})
+    make_tables.main([str(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    tuned = next(line for line in out if line.startswith("| pseudo.threshold_source=swept |"))
+    fixed = next(line for line in out if line.startswith("| (defaults) |"))
+    assert "| 44.0 GT-tuned |" in tuned and "GT-swept" in tuned and "| 44.0 |" in fixed
+    assert "| cam | train |" in tuned and "tf_efficientnet_lite0" in tuned  # no "?" without eval_cam

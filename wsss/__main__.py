@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from wsss.errors import UserError
+from wsss.overrides import check_added_keys
 from wsss.pipeline import run_pipeline
 
 # conf/ sits beside the package in a source checkout (editable install), as the layout prescribes
@@ -39,6 +40,9 @@ def one_line(error: Exception) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        from hydra.core.hydra_config import HydraConfig
+
+        check_added_keys(list(HydraConfig.get().overrides.task), cfg)
         run_pipeline(cfg)
     except UserError as e:  # the user's to fix: one line on stderr, not a traceback
         message = one_line(e)

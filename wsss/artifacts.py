@@ -21,8 +21,16 @@ from omegaconf import OmegaConf
 
 from wsss import __version__
 from wsss.errors import UserError
-from wsss.io import (artifact_files, exclusive_lock, make_dirs, read_json, remove_empty_dirs, remove_empty_subdirs,
-                     sweep_temporary, write_json)
+from wsss.io import (
+    artifact_files,
+    exclusive_lock,
+    make_dirs,
+    read_json,
+    remove_empty_dirs,
+    remove_empty_subdirs,
+    sweep_temporary,
+    write_json,
+)
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,20 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return Path(path).name.endswith(TEMP_SUFFIX)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# read once at import, while one thread runs: os.umask can only be read by setting it (the seed writer is a thread)
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. The file's
+    mode is the one a plain open() would give (0666 less the umask), not mkstemp's private 0600.
 
     Writers must not infer the format from the temporary name: pass an open file or the format
     (np.savez to a file object, PIL with format=...).
@@ -39,6 +50,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; the file gets what open() would give it (the umask's)
     os.close(fd)
     try:
         yield Path(tmp)

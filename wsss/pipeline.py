@@ -11,7 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from wsss import artifacts, tracking
 from wsss.errors import UserError
 from wsss.io import read_json, write_json
+from wsss.keys import TAU_STAGES, is_tuned_on_gt, unit
 from wsss.stages import STAGES
+from wsss.stages.make_pseudo import tau_tuned_on_gt
 
 log = logging.getLogger("wsss")
 
@@ -31,6 +33,10 @@ def selected_stages(stages) -> list[str]:
 
 
 def validate(cfg: DictConfig) -> None:
+    if cfg.dataset.name == "synthetic" and cfg.dataset.get("root"):
+        # an error, not a guess: a VOC-layout root does not say which class list it holds (VOC's 20, COCO's 80)
+        raise ConfigError(f"dataset.root={cfg.dataset.root} is set but dataset=synthetic makes its own images and "
+                          "reads no root: add dataset=voc12 (or dataset=coco14) to read the VOC-layout tree there")
     tau = cfg.cam.threshold
     if not 0 <= tau <= 1:
         raise ConfigError(f"cam.threshold={tau} must lie in [0, 1] (maps are max-normalised)")
@@ -115,6 +121,8 @@ def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
                 artifacts.record_used(run_dir, art, reused=True)
         out = module.run(cfg, run_dir / name)
     out = {**out, f"time/{name}": round(time.time() - start, 2)}
+    if name in TAU_STAGES and tau_tuned_on_gt(cfg):
+        out[f"protocol/gt_tuned/{name}"] = True
     if rank0:
         tracking.log_stage(cfg, name, out)
         reused = read_json(run_dir / "artifacts.json").get(name, {}).get("reused", False)
@@ -123,30 +131,13 @@ def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     return out
 
 
-def is_tuned_on_gt(key: str) -> bool:
-    """Figures chosen on the ground truth (the sweep's best τ and its scores): optimistic, marked as such."""
-    return key.endswith("_best") or "_best/" in key
-
-
-UNITS = (("miou", "%"), ("iou", "%"), ("precision", "%"), ("recall", "%"), ("acc", "%"), ("fp", "%"), ("fn", "%"),
-         ("error_", "%"), ("ignore_pct", "%"), ("seconds", "s"), ("time/", "s"))
-
-
-def unit(key: str) -> str:
-    last = key.split("/")[-1].removesuffix("_epoch").removesuffix("_step")  # Lightning's logged variants
-    for marker, u in UNITS:
-        if last.startswith(marker) or last.endswith(marker) or (marker.endswith("/") and key.startswith(marker)):
-            return u
-    return ""
-
-
 def headline(metrics: dict) -> list[tuple[str, str]]:
     """The figures worth a line when a stage finishes: its mIoU (stated and GT-tuned), accuracy, final loss."""
     out = []
     for k, v in metrics.items():
         last = k.split("/")[-1]
         if k.count("/") <= 2 and last in ("miou", "miou_best", "acc", "loss", "loss_epoch") and isinstance(v, float):
-            label = "/".join(k.split("/")[1:]) + (" (GT-tuned)" if is_tuned_on_gt(k) else "")
+            label = "/".join(k.split("/")[1:]) + (" (GT-tuned)" if is_tuned_on_gt(k, metrics) else "")
             out.append((label, f"{v:.2f}{' ' + unit(k) if unit(k) else ''}"))
     return out
 
@@ -180,7 +171,7 @@ def summary_table(metrics: dict, reused: set[str] = frozenset()) -> str:
             if k.split("/")[0] != stage or (stage in reused and k.endswith("/computed")):
                 continue
             value = f"{v:.2f}" if isinstance(v, float) else str(v)
-            note = "GT-tuned" if is_tuned_on_gt(k) else how_scored(k, metrics)
+            note = "GT-tuned" if is_tuned_on_gt(k, metrics) else how_scored(k, metrics)
             lines.append(f"  {k:<{width}}  {value:>9} {unit(k):<2} {note}".rstrip())
     return "\n".join(lines)
 

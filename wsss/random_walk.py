@@ -72,16 +72,23 @@ def propagate(seeds: torch.Tensor, boundary: torch.Tensor, beta: float = BETA, e
     return x.T.reshape(k, h, w)
 
 
-def rw_label(strided: np.ndarray, keys: np.ndarray, boundary: torch.Tensor, size: tuple[int, int],
-             bg_threshold: float, beta: float = BETA, exp_times: int = EXP_TIMES, radius: int = RADIUS) -> np.ndarray:
-    """IRN's pseudo-label of one image (uint8 0..C, no 255): propagate the strided maps, upsample ×4 (bilinear),
-    crop to `size`, divide by the global max, prepend a background plane at `bg_threshold`, argmax."""
+def rw_maps(strided: np.ndarray, boundary: torch.Tensor, size: tuple[int, int], beta: float = BETA,
+            exp_times: int = EXP_TIMES, radius: int = RADIUS) -> torch.Tensor:
+    """The walked maps of the present classes [K, h, w] at image size: propagate the strided maps, upsample ×4
+    (bilinear), crop to `size`, divide by the global max (IRN's make_sem_seg_labels.py, up to its argmax)."""
     h, w = size
-    if len(keys) == 0:
-        return np.zeros(size, np.uint8)
     seeds = torch.as_tensor(strided, dtype=torch.float32, device=boundary.device)
     rw = propagate(seeds, boundary.float(), beta, exp_times, radius)
     up = F.interpolate(rw[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :h, :w]
-    up = up / up.max().clamp_min(1e-12)  # no seed mass at all: everything falls to the background
+    return up / up.max().clamp_min(1e-12)  # no seed mass at all: 0 everywhere, all background (IRN: 0 / 0)
+
+
+def rw_label(strided: np.ndarray, keys: np.ndarray, boundary: torch.Tensor, size: tuple[int, int],
+             bg_threshold: float, beta: float = BETA, exp_times: int = EXP_TIMES, radius: int = RADIUS) -> np.ndarray:
+    """IRN's pseudo-label of one image (uint8 0..C, no 255): the walked maps (`rw_maps`) behind a background
+    plane at `bg_threshold`, argmax (a tie goes to the background, as a seed's threshold does)."""
+    if len(keys) == 0:
+        return np.zeros(size, np.uint8)
+    up = rw_maps(strided, boundary, size, beta, exp_times, radius)
     scores = torch.cat([torch.full_like(up[:1], bg_threshold), up])
     return label_lut(keys).astype(np.uint8)[scores.argmax(0).cpu().numpy()]

@@ -171,3 +171,41 @@ def logged(trainer: L.Trainer, keys) -> dict[str, float]:
 
 def plain(section) -> dict:
     return OmegaConf.to_container(section, resolve=True)
+
+
+OPTIONAL_KEYS = ("min_steps", "batch_size")  # declared later than the schedules they sit in, default null
+
+
+def schedule_identity(section) -> dict:
+    """A training section as a stage's identity, its optional keys left out while null (no minimum of steps,
+    the classifier's batch): their arrival in conf/ changes no identity, so no stored artifact, of a schedule
+    they leave as it was."""
+    out = plain(section)
+    for key in OPTIONAL_KEYS:
+        if key in out and out[key] is None:
+            del out[key]
+    return out
+
+
+def epochs_with_min_steps(epochs: int, min_steps: int | None, num_images: int, batch_size: int,
+                          world_size: int = 1) -> int:
+    """`epochs`, or more when they give fewer than `min_steps` optimiser steps.
+
+    A schedule stated in epochs gives a smaller set fewer steps: `min_steps` (the steps the recipe was made
+    with) keeps them. Steps per epoch as the loaders make them: each of `world_size` ranks takes
+    ceil(num_images / world_size) images (DistributedSampler pads) in batches of `batch_size`, the last partial
+    batch dropped. Whole epochs, so the count may exceed `min_steps` by less than one epoch.
+    """
+    if not min_steps:
+        return int(epochs)
+    per_rank = -(-num_images // world_size)
+    batches = max(1, per_rank // batch_size)
+    return max(int(epochs), -(-int(min_steps) // batches))
+
+
+def apply_min_steps(trainer: L.Trainer, epochs: int, min_steps: int | None, num_images: int, batch_size: int) -> int:
+    """Set the trainer's epoch count by `epochs_with_min_steps` (its world size known once it is built); the
+    poly schedule reads the total from the trainer when the fit starts, so it spans the longer fit."""
+    n = epochs_with_min_steps(epochs, min_steps, num_images, batch_size, trainer.world_size)
+    trainer.fit_loop.max_epochs = n
+    return n

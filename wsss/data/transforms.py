@@ -108,12 +108,28 @@ def seg_train_view(image: np.ndarray, label: np.ndarray, scales, crop: int, rng,
 def irn_train_view(image: np.ndarray, label: np.ndarray, scale_range, crop: int, rng,
                    norm) -> tuple[torch.Tensor, torch.Tensor]:
     """IRN's augmentation (algorithms.md §7.1): one scale s ~ U(scale_range) (bicubic image, nearest label),
-    normalise, joint flip p=0.5, joint random crop (image fill 0, label fill 255), label taken at stride 4
-    (every 4th pixel, as IRN's ×0.25 nearest resize)."""
+    normalise, joint flip p=0.5, joint random crop (image fill 0, label fill 255), label reduced to stride 4
+    by `irn_reduce_label` (IRN's ×0.25 nearest resize, after the crop as in IRN)."""
     s = scale_range[0] + rng.random() * (scale_range[1] - scale_range[0])
     image, label = rescale_pair(image, label, s, Image.BICUBIC)
     x = normalize(image, norm)
     if rng.random() < 0.5:
         x, label = x[:, ::-1], label[:, ::-1]
     x, label = random_crops([x, label], [0, 255], crop, rng)
-    return to_chw(x), torch.from_numpy(np.ascontiguousarray(label[::4, ::4])).long()
+    return to_chw(x), torch.from_numpy(irn_reduce_label(label)).long()
+
+
+def irn_reduce_label(label: np.ndarray) -> np.ndarray:
+    """The stride-4 label the boundary network trains on, as IRN makes it (`imutils.pil_rescale(label, 0.25, 0)`
+    in VOC12AffinityDataset): target side `np.round(n · 0.25)` (half to even) per axis, then PIL's nearest resize.
+
+    PIL's nearest resize takes, for output pixel i, input pixel floor((i + 0.5) · n / m): the centre of its
+    cell. On a side that is a multiple of 4 that is pixel 4i + 2 (not 4i, which `label[::4]` would take); on
+    any other side the cells are n / m wide and the same rule applies, so this function follows IRN on every
+    crop size (train_irn's crops are multiples of 4; the function does not need them to be).
+    """
+    h, w = label.shape
+    size = (max(1, int(np.round(w * 0.25))), max(1, int(np.round(h * 0.25))))
+    if size == (w, h):
+        return np.ascontiguousarray(label)
+    return np.array(Image.fromarray(np.ascontiguousarray(label)).resize(size, Image.NEAREST))

@@ -104,13 +104,17 @@ def _metrics(prefix, s, class_names, tau, best_miou, best_tau) -> dict:
 
 
 def _protocol(cfg, split) -> dict:
-    return {"protocol/eval_cam/split": split, "protocol/cam/method": cfg.cam.method,
-            "protocol/cam/scales": ",".join(str(s) for s in cfg.cam.scales), "protocol/cam/flip": True,
-            "protocol/cam/precision": make_cam.precision(cfg),
+    return {**seed_protocol(cfg), "protocol/eval_cam/split": split,
             "protocol/eval_cam/threshold_source": "stated (miou); swept on GT (miou_best)",
-            "protocol/eval_cam/ignore": "255 ignored", "protocol/eval_cam/crf": False,
-            "protocol/backbone": cfg.cls.backbone, "protocol/init": str(cfg.cls.weights),
-            "protocol/seed": cfg.seed}
+            "protocol/eval_cam/ignore": "255 ignored", "protocol/eval_cam/crf": False}
+
+
+def seed_protocol(cfg) -> dict:
+    """How the seeds were made: the tags every stage that reads them reports (eval_cam, make_pseudo), so a run
+    of either alone still says which method, scales, trunk and seed its figures come from."""
+    return {"protocol/cam/method": cfg.cam.method, "protocol/cam/scales": ",".join(str(s) for s in cfg.cam.scales),
+            "protocol/cam/flip": True, "protocol/cam/precision": make_cam.precision(cfg),
+            "protocol/backbone": cfg.cls.backbone, "protocol/init": str(cfg.cls.weights), "protocol/seed": cfg.seed}
 
 
 def _overlays(layout, seeds: Path, ids, tau: float, out: Path) -> None:

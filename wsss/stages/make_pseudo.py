@@ -30,7 +30,7 @@ from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb, load_seed
 from wsss.metrics import IGNORE, confusion, scores, threshold_cams
 from wsss.pseudo import Refinement, Task, boundary_map, default_workers, run_tasks
-from wsss.stages.eval_cam import best_threshold
+from wsss.stages.eval_cam import best_threshold, seed_protocol
 from wsss.training import checkpoint_path
 from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, boundary_picture, colour_labels, legend, save_panel
 
@@ -62,6 +62,15 @@ def uses_tau(refine) -> bool:
     if refine.mode == "softmax":
         return False
     return refine.get("fg_threshold") is None or refine.get("bg_threshold") is None
+
+
+def tau_tuned_on_gt(cfg) -> bool:
+    """τ is the sweep's best on the ground truth (threshold_source=swept) and the labels use it: directly (seeds
+    at τ, the IR-label CRF at τ ± offsets) or, for refine=irn, through train_irn's IR labels. Then every figure of
+    train_irn, make_pseudo, train_seg and eval_seg was chosen with the ground truth's help, and is marked so."""
+    if cfg.pseudo.threshold_source != "swept":
+        return False
+    return uses_tau(cfg.refine.ir_labels if cfg.refine.method == "irn" else cfg.refine)
 
 
 def upstream(cfg) -> list[str]:
@@ -158,7 +167,7 @@ def _describe(cfg) -> str:
 
 def _protocol(cfg) -> dict:
     r = cfg.refine
-    return {"protocol/make_pseudo/threshold_source": cfg.pseudo.threshold_source,
+    return {**seed_protocol(cfg), "protocol/make_pseudo/threshold_source": cfg.pseudo.threshold_source,
             "protocol/make_pseudo/refine": r.method if r.method in ("none", "irn") else f"crf-{r.mode}",
             "protocol/make_pseudo/ignore": "255 as background (miou, the reference); left out (miou_255_ignored)",
             "protocol/make_pseudo/splits": ",".join(cfg.pseudo.splits)}

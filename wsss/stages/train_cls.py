@@ -15,7 +15,16 @@ from wsss.data.datasets import ClassificationDataModule, ResizedDataset, loader,
 from wsss.errors import UserError
 from wsss.models.classifier import ClassifierModule
 from wsss.models.linear_probe import probe_head
-from wsss.training import build_trainer, drop_resume_state, logged, plain, resumable, save_checkpoint
+from wsss.training import (
+    apply_min_steps,
+    build_trainer,
+    drop_resume_state,
+    logged,
+    plain,
+    resumable,
+    save_checkpoint,
+    schedule_identity,
+)
 
 VERSION = 4  # 2: frozen BN statistics really frozen under Lightning; 3: normalisation in the checkpoint;
              # 4: accuracies in percent (a reused older classifier would report fractions)
@@ -25,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def identity(cfg) -> dict:
-    return {"dataset": dataset_identity(cfg), "splits": plain(cfg.dataset.splits), "cls": plain(cfg.cls),
+    return {"dataset": dataset_identity(cfg), "splits": plain(cfg.dataset.splits), "cls": schedule_identity(cfg.cls),
             "seed": cfg.seed,
             "precision": str(cfg.trainer.precision)}
 
@@ -53,12 +62,14 @@ def run(cfg, out_dir: Path) -> dict:
         raise UserError(f"cls.head_init={c.head_init!r}: choose probe or random")
     trainer = build_trainer(cfg, out_dir, "train_cls", max_epochs=c.epochs,
                             callbacks=callbacks)
+    epochs = apply_min_steps(trainer, c.epochs, c.get("min_steps"), len(data.train_ids), c.batch_size)
     trainer.fit(model, data, ckpt_path=resume_from,
                 weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
     return {**probed, **logged(trainer, ["train_cls/train/loss_epoch", "train_cls/val/loss", "train_cls/val/acc"]),
-            "train_cls/train/images": len(data.train_ids)}
+            "train_cls/train/images": len(data.train_ids), "train_cls/epochs": epochs,
+            "train_cls/steps": int(trainer.global_step)}
 
 
 def classification_data(cfg, layout, norm, batch_size: int | None = None) -> ClassificationDataModule:

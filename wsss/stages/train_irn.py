@@ -22,9 +22,18 @@ from wsss.errors import UserError
 from wsss.models.irn import IRNModule
 from wsss.pseudo import Refinement, Task, default_workers, run_tasks
 from wsss.stages import make_pseudo
-from wsss.training import build_trainer, drop_resume_state, logged, plain, resumable, save_checkpoint
+from wsss.training import (
+    apply_min_steps,
+    build_trainer,
+    drop_resume_state,
+    logged,
+    plain,
+    resumable,
+    save_checkpoint,
+    schedule_identity,
+)
 
-VERSION = 1
+VERSION = 2  # 2: stride-4 labels at the cell centres (IRN's PIL resize), were every 4th pixel from the corner
 STORED = True
 DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work); rank 0 makes the IR labels
 
@@ -35,7 +44,7 @@ def needed(cfg) -> bool:
 
 def identity(cfg) -> dict:
     ir = {k: v for k, v in plain(cfg.refine.ir_labels).items() if k != "workers"}
-    ident = {"splits": list(cfg.pseudo.splits), "ir_labels": ir, "train": plain(cfg.refine.train), "seed": cfg.seed,
+    ident = {"splits": list(cfg.pseudo.splits), "ir_labels": ir, "train": schedule_identity(cfg.refine.train), "seed": cfg.seed,
              "precision": str(cfg.trainer.precision), "threshold_source": cfg.pseudo.threshold_source}
     if cfg.pseudo.threshold_source == "fixed":
         ident["threshold"] = float(cfg.cam.threshold)
@@ -86,6 +95,7 @@ def run(cfg, out_dir: Path) -> dict:
                            t.crop_size)
     callbacks, resume_from = resumable(cfg, out_dir)
     trainer = build_trainer(cfg, out_dir, "train_irn", max_epochs=t.epochs, callbacks=callbacks)
+    epochs = apply_min_steps(trainer, t.epochs, t.get("min_steps"), len(ids), t.batch_size)
     workers = cfg.num_workers
     trainer.fit(model, loader(data, t.batch_size, workers, persistent=True, shuffle=True, drop_last=True),
                 ckpt_path=resume_from, weights_only=True)
@@ -93,4 +103,4 @@ def run(cfg, out_dir: Path) -> dict:
     drop_resume_state(out_dir)
     keys = [f"train_irn/train/{k}_epoch" for k in ("loss", "bg_pos", "fg_pos", "neg")]
     return {**metrics, **logged(trainer, keys), "train_irn/train/images": len(ids),
-            "train_irn/steps": int(trainer.global_step)}
+            "train_irn/epochs": epochs, "train_irn/steps": int(trainer.global_step)}

@@ -17,7 +17,16 @@ from wsss.models.classifier import load_classifier
 from wsss.models.linear_probe import probe_sce_head, sgd_sce_head
 from wsss.models.recam import ReCAMModule
 from wsss.stages import train_cls
-from wsss.training import build_trainer, checkpoint_path, drop_resume_state, logged, plain, resumable, save_checkpoint
+from wsss.training import (
+    apply_min_steps,
+    build_trainer,
+    checkpoint_path,
+    drop_resume_state,
+    logged,
+    resumable,
+    save_checkpoint,
+    schedule_identity,
+)
 
 VERSION = 3  # 2: the probed SCE head (sce_init=probe) is centred over the classes; 3: sce_acc in percent
 STORED = True
@@ -29,7 +38,7 @@ def needed(cfg) -> bool:
 
 
 def identity(cfg) -> dict:
-    return {"train": plain(cfg.cam.train), "seed": cfg.seed, "precision": str(cfg.trainer.precision)}
+    return {"train": schedule_identity(cfg.cam.train), "seed": cfg.seed, "precision": str(cfg.trainer.precision)}
 
 
 def upstream(cfg) -> list[str]:
@@ -50,11 +59,14 @@ def run(cfg, out_dir: Path) -> dict:
         probed = init_sce_head(cfg, model, train_cls.probe_loader(cfg, layout, data.train_ids, model.normalization))
     trainer = build_trainer(cfg, out_dir, "train_recam", max_epochs=cfg.cam.train.epochs,
                             callbacks=callbacks)
+    epochs = apply_min_steps(trainer, cfg.cam.train.epochs, cfg.cam.train.get("min_steps"), len(data.train_ids),
+                             recam_batch_size(cfg))
     trainer.fit(model, data, ckpt_path=resume_from, weights_only=True)
     save_checkpoint(trainer, out_dir)
     drop_resume_state(out_dir)
     return probed | logged(trainer, ["train_recam/train/loss_epoch", "train_recam/train/bce_epoch",
-                            "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"])
+                            "train_recam/train/sce_epoch", "train_recam/train/sce_acc_epoch", "train_recam/val/loss"]) | {
+        "train_recam/epochs": epochs, "train_recam/steps": int(trainer.global_step)}
 
 
 def recam_batch_size(cfg) -> int:
