@@ -510,7 +510,7 @@ def print_table(s: dict, r: dict) -> None:
     if "make_cam_autocast" in s:
         a = s["make_cam_autocast"]
         print(f"make_cam with cam.precision={a['precision']}: ×{a['speedup']:.2f}, max |Δ| {a['max_abs_diff']:.2e} "
-              "(its effect on seed mIoU: README, Performance)")
+              "(its effect on seed mIoU: docs/performance.md)")
     print(f"τ sweep ({r['eval_sweep']['thresholds']} thresholds) vs one τ: ×{s['eval_sweep_vs_single']:.2f} "
           f"(files read), ×{s['eval_sweep_vs_single_compute']:.2f} (maps in memory)")
     print(f"eval_cam peak memory growth by images: {s['eval_cam_peak_growth_mb']} MB")

@@ -1,5 +1,5 @@
 """Calibrate IRN's walk background threshold (`sem_seg_bg_threshold`) as the stated τ is calibrated: the best
-value over one half of a split's images, checked on the other half (README, "The stated τ").
+value over one half of a split's images, checked on the other half (docs/results.md, "The stated τ").
 
     python scripts/walk_threshold.py [--half even|odd|all] [--workers N] OVERRIDES...
 

@@ -44,8 +44,9 @@ def test_experiment_presets_pin_the_reference_recipe(tmp_path):
 
 
 def test_stage_selection_orders_and_rejects_unknown():
-    assert selected_stages("all") == ["train_cls", "train_recam", "make_cam", "eval_cam", "train_irn", "make_pseudo",
-                                      "train_seg", "eval_seg"]  # contract.md order, train_irn added before make_pseudo
+    assert selected_stages("all") == ["train_cls", "train_recam", "make_prototypes", "make_cam", "eval_cam", "train_irn",
+                                      "make_pseudo", "train_seg", "eval_seg"]  # contract.md order, train_irn added
+    # before make_pseudo, make_prototypes (LPCAM's) before make_cam
     assert selected_stages(["eval_cam", "train_cls"]) == ["train_cls", "eval_cam"]
     with pytest.raises(ConfigError, match="unknown stage"):
         selected_stages(["train_cls", "make_cams"])

@@ -144,7 +144,7 @@ def test_irn_preset_and_threshold_come_from_the_dataset(tmp_path):
     assert compose_cfg(tmp_path, "dataset=voc12", "refine=irn", "cam=recam").refine.sem_seg_bg_threshold == 0.28
     assert (voc.refine.beta, voc.refine.exp_times, voc.refine.radius, voc.refine.train.radius) == (10, 8, 5, 10)
     assert voc.refine.ir_labels.label_crf == compose_cfg(tmp_path, "refine=crf").refine.label_crf
-    # the synthetic images' grids are ~3.5× smaller a side: 2^4 steps (README, IRN)
+    # the synthetic images' grids are ~3.5× smaller a side: 2^4 steps (docs/methods.md, IRN)
     assert compose_cfg(tmp_path, "refine=irn").refine.exp_times == 4
 
 

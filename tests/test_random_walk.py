@@ -169,7 +169,7 @@ def test_rw_label_background_threshold_and_keys():
 
 
 def test_rw_label_of_seeds_that_are_all_zero_is_background_not_irns_first_class():
-    """A deviation from IRN (README, faithfulness): when the present classes' seeds are zero everywhere, IRN's
+    """A deviation from IRN (docs/faithfulness.md): when the present classes' seeds are zero everywhere, IRN's
     `rw_up / torch.max(rw_up)` is 0 / 0 and the argmax over [background, NaN, …] picks the first class, labelling
     the whole image with it. Here the image is background: there is no evidence for any class."""
     edge = torch.zeros(8, 9)

@@ -2,7 +2,9 @@
 import json
 import subprocess
 import sys
+from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -245,13 +247,18 @@ def hooks(model):
 
 
 @pytest.mark.parametrize("method", GRADIENT_FREE_OR_NOT)
-def test_every_method_flip_equivariant_multiscale_and_leaves_no_hooks(method):
+def test_every_method_flip_equivariant_multiscale_and_leaves_no_hooks(method, tmp_path):
     """As CAM: the combined map of the flipped image is the flipped map (widths on whole cells), the maps
     come at the image's size whatever the scales, in [0, 1]; and the model carries no hook afterwards, so
-    a second call gives the same maps."""
+    a second call gives the same maps. (LPCAM reads random prototypes of the tiny trunk's 5 channels.)"""
     model, keys = Tiny(squared=True), torch.tensor([0, 2])
     x = views(h=48, w=64)[0]
     maps = method_module(method).maps
+    if getattr(method_module(method), "PREPARED_BY", None):
+        g = torch.Generator().manual_seed(0)
+        np.savez(tmp_path / "prototypes.npz", **{f"{kind}_{c}": torch.rand(2, 5, generator=g).numpy()
+                                                for c in range(4) for kind in ("class", "context")})
+        maps = partial(maps, prepared=tmp_path)
 
     def combined(img, scales=(1.0,)):
         vs = [torch.stack([v, v.flip(-1)]) for v in
@@ -293,7 +300,8 @@ def test_sweep_over_every_method_trains_one_classifier(tmp_path):
     inference mode), writes one seed artifact per method in the contract's format with its time per image,
     and eval_cam scores each at its stated τ."""
     cmd = [sys.executable, "-m", "wsss", "-m", f"cam={','.join(GRADIENT_FREE_OR_NOT)}",
-           "stages=[train_cls,make_cam,eval_cam]", *TINY, "cam.scales=[0.5]"]  # 24-40 px: Score-CAM stays cheap
+           "stages=[train_cls,make_prototypes,make_cam,eval_cam]", *TINY, "cam.scales=[0.5]"]  # 24-40 px: Score-CAM
+    # stays cheap; make_prototypes runs for cam=lpcam only
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     store = tmp_path / "artifacts"

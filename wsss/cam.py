@@ -49,10 +49,12 @@ def multiscale_cam(backbone: nn.Module, weights: torch.Tensor, views, size) -> t
         return multiscale_maps(lambda batch: (activation(backbone(batch), weights), 16), len(weights), views, size)
 
 
-def multiscale_maps(raw_maps, num_keys: int, views, size) -> tuple[torch.Tensor, torch.Tensor]:
+def multiscale_maps(raw_maps, num_keys: int, views, size, upsample: str = "bilinear",
+                    sigma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(strided, high_res) as `multiscale_cam`, for any method: `raw_maps(batch)` gives one scale's
-    (maps [2,K,h',w'] ≥ 0 of the image and its flip, grid stride); flip-summed, resized, summed over the
-    scales, then per-class max-normalised. `raw_maps` may backpropagate; the combination does not."""
+    (maps [2,K,h',w'] ≥ 0 of the image and its flip, grid stride); flip-summed, resized (`upsample`:
+    bilinear, the references', or Extended-CAM's gaussian with `sigma` cells, `gaussian_resize`), summed over
+    the scales, then per-class max-normalised. `raw_maps` may backpropagate; the combination does not."""
     h, w = size
     if num_keys == 0:  # no present class (an unlabelled image): empty maps, nothing to compute
         return torch.zeros(0, *strided_size(h, w)), torch.zeros(0, h, w)
@@ -62,30 +64,64 @@ def multiscale_maps(raw_maps, num_keys: int, views, size) -> tuple[torch.Tensor,
         with torch.no_grad():
             a = a.float()  # under autocast (trainer.precision=16-mixed) the maps come in half precision
             m = (a[0] + a[1].flip(-1))[None]  # the method's ReLU before the flip-sum
-            s = F.interpolate(m, strided_size(h, w), mode="bilinear", align_corners=False)[0]
-            r = F.interpolate(m, padded_size(h, w, stride), mode="bilinear", align_corners=False)[0]
+            if upsample == "gaussian":
+                s = gaussian_resize(m[0], strided_size(h, w), sigma)
+                r = gaussian_resize(m[0], padded_size(h, w, stride), sigma)
+            else:
+                s = F.interpolate(m, strided_size(h, w), mode="bilinear", align_corners=False)[0]
+                r = F.interpolate(m, padded_size(h, w, stride), mode="bilinear", align_corners=False)[0]
             strided, high = (s, r) if strided is None else (strided + s, high + r)
     return normalize_max(strided), normalize_max(high[:, :h, :w])
+
+
+def gaussian_resize(maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Extended-CAM's Gaussian upsampling (Kim et al., arXiv 2001.05153): every cell of the map [K,h,w] spreads
+    its value over the output [K,H,W] as a Gaussian centred on the cell's centre, of standard deviation `sigma`
+    cells, summed over the cells: out(p) = Σ_ij A_ij · exp(−|p − c_ij|² / (2 (σ·cell)²)), positions in cell units of
+    the input grid (pixel and cell centres at half-integers). Separable: G_rows · A · G_colsᵀ. σ relative to the
+    cell is our statement of "the receptive field" (docs/methods.md): the per-class max normalisation after the
+    scale sum makes any constant factor of the kernel irrelevant."""
+    (h, w), (out_h, out_w) = maps.shape[-2:], size
+    g_rows = _gaussian_weights(out_h, h, sigma, maps)
+    g_cols = _gaussian_weights(out_w, w, sigma, maps)
+    return torch.einsum("yi,kij,xj->kyx", g_rows, maps, g_cols)
+
+
+def _gaussian_weights(n_out: int, n_in: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """[n_out, n_in] weights exp(−d² / 2σ²), d the distance in input cells between output position y's centre and
+    cell i's (the output spans the same extent as the input grid: n_out positions over n_in cells)."""
+    centres_out = (torch.arange(n_out, dtype=like.dtype, device=like.device) + 0.5) * n_in / n_out
+    centres_in = torch.arange(n_in, dtype=like.dtype, device=like.device) + 0.5
+    d = centres_out[:, None] - centres_in[None]
+    return torch.exp(-0.5 * (d / sigma) ** 2)
 
 
 class SeedPredictor(L.LightningModule):
     """Wraps a classifier and a seed method for `trainer.predict` over MultiScaleDataset.
 
-    `maps(model, images, keys)` is a method's raw maps (wsss/seed_methods/). A method that
-    backpropagates (`needs_grad`) runs with gradients on; its trainer must be built with
-    `inference_mode=False`, since tensors made in inference mode cannot enter autograd."""
+    `maps(model, images, keys)` is a method's raw maps at one scale (wsss/seed_methods/), combined over the
+    scales by `multiscale_maps` with `upsample` / `sigma`; or, for a method that owns the multi-scale loop
+    (`image_maps`), `image_maps(model, item, keys)` gives (strided, high_res) itself from the item (its views
+    and uint8 image). A method that backpropagates (`needs_grad`) runs with gradients on; its trainer must be
+    built with `inference_mode=False`, since tensors made in inference mode cannot enter autograd."""
 
-    def __init__(self, model: nn.Module, maps, needs_grad: bool):
+    def __init__(self, model: nn.Module, maps, needs_grad: bool, upsample: str = "bilinear", sigma: float = 1.0,
+                 image_maps=None):
         super().__init__()
         self.model, self.maps, self.needs_grad = model, maps, needs_grad
+        self.upsample, self.sigma, self.image_maps = upsample, sigma, image_maps
 
     def predict_step(self, item, batch_idx):
         device = next(self.model.parameters()).device
         keys = torch.as_tensor(item["keys"], dtype=torch.long, device=device)
         views = [v.to(device) for v in item["views"]]
         with torch.enable_grad() if self.needs_grad else torch.no_grad():
-            strided, high = multiscale_maps(lambda batch: self.maps(self.model, batch, keys), len(keys), views,
-                                            item["size"])
+            if self.image_maps is not None:
+                item = {**item, "views": views, "upsample": self.upsample, "sigma": self.sigma}
+                strided, high = self.image_maps(self.model, item, keys)
+            else:
+                strided, high = multiscale_maps(lambda batch: self.maps(self.model, batch, keys), len(keys), views,
+                                                item["size"], self.upsample, self.sigma)
         return {"id": item["id"], "keys": item["keys"],
                 "strided": strided.float().cpu().numpy(), "high_res": high.float().cpu().numpy()}
 

@@ -44,6 +44,9 @@ def validate(cfg: DictConfig) -> None:
                         ("seg.eval.scales", cfg.seg.eval.scales)):
         if not len(scales) or any(s <= 0 for s in scales):
             raise ConfigError(f"{key}={list(scales)} must be a non-empty list of values > 0")
+    if cfg.cam.get("upsample", "bilinear") not in ("bilinear", "gaussian") or cfg.cam.get("gaussian_sigma", 1.0) <= 0:
+        raise ConfigError(f"cam.upsample={cfg.cam.get('upsample')} cam.gaussian_sigma={cfg.cam.get('gaussian_sigma')}: "
+                          "choose bilinear or gaussian, and a sigma > 0 (cells)")
     sw = cfg.eval_cam.sweep
     if not (0 <= sw.start < sw.stop <= 1 and sw.step > 0):
         raise ConfigError(f"eval_cam.sweep={OmegaConf.to_container(sw)} needs 0 ≤ start < stop ≤ 1, step > 0")

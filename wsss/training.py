@@ -68,7 +68,7 @@ class ChannelsLast(L.Callback):
     state-dict keys are unchanged; only the layout differs (maps equal to 1e-5: tests/test_cam.py).
     2 cores, one run each: train step ×1.40 for EfficientNet-Lite0, ×1.20 for ResNet-18
     (`scripts/bench_parts.py trunk --size 256`); make_cam on VOC-sized images of varying sizes, where
-    every new shape costs oneDNN a new plan, in `scripts/bench.py` (README, Performance)."""
+    every new shape costs oneDNN a new plan, in `scripts/bench.py` (docs/performance.md)."""
 
     def setup(self, trainer, pl_module, stage):
         import torch

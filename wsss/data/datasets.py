@@ -122,10 +122,12 @@ class AffinityDataset(Dataset):
 
 
 class MultiScaleDataset(Dataset):
-    """For CAM inference: the id, the uint8 image size, present classes and the ms+flip views."""
+    """For CAM inference: the id, the uint8 image size, present classes and the ms+flip views (and, with
+    `with_image`, the uint8 image itself, for a method that makes views of its own: Infer-CAM's crops)."""
 
-    def __init__(self, layout: VOCLayout, ids, scales, norm):
+    def __init__(self, layout: VOCLayout, ids, scales, norm, with_image: bool = False):
         self.layout, self.ids, self.scales, self.norm = layout, list(ids), list(scales), norm
+        self.with_image = with_image
 
     def __len__(self):
         return len(self.ids)
@@ -134,8 +136,11 @@ class MultiScaleDataset(Dataset):
         img_id = self.ids[i]
         image = load_rgb(self.layout.image_path(img_id))
         keys = np.nonzero(self.layout.labels(img_id))[0]
-        return {"id": img_id, "size": image.shape[:2], "keys": keys,
+        item = {"id": img_id, "size": image.shape[:2], "keys": keys,
                 "views": multiscale_views(image, self.scales, self.norm)}
+        if self.with_image:
+            item.update(image=image, scales=self.scales, norm=self.norm)
+        return item
 
 
 def single_item(batch):

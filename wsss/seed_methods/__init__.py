@@ -5,6 +5,14 @@ One small module per method, all with CAM's interface (wsss/seed_methods/cam.py)
     NEEDS_GRAD: bool    whether the method backpropagates (make_cam then leaves inference mode)
     maps(model, images, keys, **options) -> (maps, stride)
 
+and, where a method cannot work one scale at a time, one of two extensions:
+
+    image_maps(model, item, keys, **options) -> (strided, high_res)
+        the method owns the multi-scale loop (Infer-CAM: crops of the image, erased and re-fed): `item` holds
+        the uint8 `image`, its `views`, `scales`, `norm` and `size`; the maps it returns are final (max-normalised)
+    PREPARED_BY: str    the stage whose stored artifact the method reads (LPCAM's prototypes, made once from the
+        training images): make_cam passes its directory as the option `prepared`
+
 `images` is one scale's batch of views (the image and its horizontal flip, [2,3,h,w]), `keys` the
 present classes; `maps` [2,K,h',w'] are the method's raw maps (never min-max normalised, the method's
 own ReLU applied) on a grid of `stride` input pixels per cell. wsss.cam.multiscale_maps combines them
@@ -23,9 +31,9 @@ import importlib
 from wsss.errors import UserError
 
 METHODS = ("cam", "recam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "reciprocam", "saliency",
-           "guided_backprop")
+           "guided_backprop", "infercam", "lpcam", "fdcam")
 # cam.* keys every method has, or train_recam's: not a method's own options
-NOT_OPTIONS = ("method", "scales", "threshold", "splits", "precision", "train")
+NOT_OPTIONS = ("method", "scales", "threshold", "splits", "precision", "train", "upsample", "gaussian_sigma")
 
 
 def method_module(name: str):

@@ -5,11 +5,22 @@ meaning changes), `STORED` (output kept in the artifact store, else in the run d
 `identity(cfg)` (the config that determines its output), `upstream(cfg)` (stages it reads) and
 optionally `needed(cfg)` (false: the stage does nothing for this config).
 """
-from wsss.stages import eval_cam, eval_seg, make_cam, make_pseudo, train_cls, train_irn, train_recam, train_seg
+from wsss.stages import (
+    eval_cam,
+    eval_seg,
+    make_cam,
+    make_prototypes,
+    make_pseudo,
+    train_cls,
+    train_irn,
+    train_recam,
+    train_seg,
+)
 
 STAGES = {
     "train_cls": train_cls,
     "train_recam": train_recam,
+    "make_prototypes": make_prototypes,
     "make_cam": make_cam,
     "eval_cam": eval_cam,
     "train_irn": train_irn,

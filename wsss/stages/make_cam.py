@@ -37,6 +37,8 @@ def identity(cfg) -> dict:
         ident["map_weights"] = c.map_weights
     elif c.method != "cam":  # a method's own settings (target layers, batch size, …)
         ident["options"] = options(c)
+    if c.get("upsample", "bilinear") != "bilinear":  # absent otherwise: the stored bilinear maps keep their keys
+        ident["upsample"] = {"mode": c.upsample, "sigma": float(c.gaussian_sigma)}
     return ident
 
 
@@ -47,7 +49,8 @@ def precision(cfg) -> str:
 
 
 def upstream(cfg) -> list[str]:
-    return [model_stage(cfg)]
+    prepared = getattr(method_module(cfg.cam.method), "PREPARED_BY", None)
+    return [model_stage(cfg)] + ([prepared] if prepared else [])
 
 
 def model_stage(cfg) -> str:
@@ -87,6 +90,18 @@ def check_disk_space(layout, ids, out_dir: Path) -> None:
                         f"only {free / 2**30:.2f} GiB are free; free space or set paths.artifacts_dir elsewhere")
 
 
+def seed_predictor(cfg, model, method) -> SeedPredictor:
+    """The predict-loop module of the configured method: its options, the stored artifact it is prepared by
+    (`PREPARED_BY`), and whether it owns the multi-scale loop (`image_maps`)."""
+    opts = options(cfg.cam)
+    prepared = getattr(method, "PREPARED_BY", None)
+    if prepared:
+        opts["prepared"] = artifacts.require(cfg, prepared, "make_cam").path
+    image_maps = partial(method.image_maps, **opts) if hasattr(method, "image_maps") else None
+    return SeedPredictor(model, partial(method.maps, **opts), method.NEEDS_GRAD, cfg.cam.get("upsample", "bilinear"),
+                         float(cfg.cam.get("gaussian_sigma", 1.0)), image_maps)
+
+
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     ids = layout.ids_of(cfg.cam.splits)
@@ -96,9 +111,10 @@ def run(cfg, out_dir: Path) -> dict:
     if todo:
         model, norm = load_maps_model(cfg)
         method = method_module(cfg.cam.method)
-        predictor = SeedPredictor(model, partial(method.maps, **options(cfg.cam)), method.NEEDS_GRAD)
-        images = loader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm), 1, cfg.num_workers,
-                        collate_fn=single_item)
+        predictor = seed_predictor(cfg, model, method)
+        owns_scales = hasattr(method, "image_maps")
+        images = loader(MultiScaleDataset(layout, todo, cfg.cam.scales, norm, with_image=owns_scales), 1,
+                        cfg.num_workers, collate_fn=single_item)
         trainer = build_trainer(cfg, out_dir, "make_cam", callbacks=[SeedWriter(out_dir)],
                                 inference_mode=not method.NEEDS_GRAD, precision=precision(cfg))
         start = time.time()

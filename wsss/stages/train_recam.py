@@ -78,7 +78,7 @@ def init_sce_head(cfg, model, loader) -> dict:
     """The SCE head before fine-tuning, fitted on the frozen trunk's masked class features: `sgd` replays
     the reference's SCE schedule (its init, SGD recipe and `sce_init_steps` steps, at `sce_lr`); `probe`
     is a full-batch Adam fit, centred. Both exist because a few hundred images give ~125 fine-tuning
-    steps, against the reference's 2,644, too few to train the head from its random init (README, ReCAM)."""
+    steps, against the reference's 2,644, too few to train the head from its random init (docs/results.md, ReCAM)."""
     t = cfg.cam.train
     if t.sce_init == "probe":
         return {"train_recam/probe/sce": probe_sce_head(model, loader)}
