@@ -388,8 +388,9 @@ def draw_cell(fig, cell: Cell, centre_x: float, top_y: float, size: tuple[int, i
 
 def draw_curves(curves: list[tuple[str, dict]], split: str, path: Path, fmt: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, curve in curves:
-        line, = ax.plot(curve["thresholds"], curve["miou"], lw=1.4,
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors  # one colour per job up to 20
+    for i, (label, curve) in enumerate(curves):
+        line, = ax.plot(curve["thresholds"], curve["miou"], lw=1.4, color=colours[i % len(colours)],
                         label=f"{label}  (stated τ {curve['threshold']:.2f}: {curve['miou_at_threshold']:.1f})")
         ax.plot([curve["threshold"]], [curve["miou_at_threshold"]], "o", color=line.get_color(), mec="k", ms=6,
                 zorder=3)
