@@ -63,9 +63,11 @@ def image_maps(model, item: dict, keys: torch.Tensor, activation_threshold: floa
     merged = torch.zeros(len(keys), h, w, device=device)
     for y0, y1, x0, x1 in dict.fromkeys(boxes):  # identical crops (no split) computed once
         crop = np.ascontiguousarray(item["image"][y0:y1, x0:x1])
-        views = [v.to(device) for v in multiscale_views(crop, item["scales"], item["norm"])]
+        is_whole = (y0, y1, x0, x1) == (0, h, 0, w)  # its views and first pass are the ones above
+        views = item["views"] if is_whole else [v.to(device) for v in multiscale_views(crop, item["scales"],
+                                                                                          item["norm"])]
         found = erase_and_repeat(lambda vs, size=crop.shape[:2]: crop_cam(vs, size), views, activation_threshold,
-                                 min_new_area, max_iterations)
+                                 min_new_area, max_iterations, first=whole if is_whole else None)
         merged[:, y0:y1, x0:x1] = torch.maximum(merged[:, y0:y1, x0:x1], found)
     strided = F.interpolate(merged[None], strided_size(h, w), mode="area")[0]
     return normalize_max(strided), normalize_max(merged)
@@ -95,13 +97,17 @@ def split_boxes(centres, size: tuple[int, int], buffer: int, whole: bool) -> lis
 
 
 def erase_and_repeat(cam_of, views: list[torch.Tensor], threshold: float, min_new_area: float,
-                     max_iterations: int) -> torch.Tensor:
+                     max_iterations: int, first: torch.Tensor | None = None) -> torch.Tensor:
     """Element-wise maximum of the maps [K,h,w] of up to `max_iterations` passes, each on the views with the
     pixels covered so far (best class ≥ `threshold`) filled with the view's mean colour; `cam_of(views)` gives a
-    pass's max-normalised maps. Stops when a pass covers less than `min_new_area` of the pixels more."""
+    pass's max-normalised maps (`first`: the first pass's, when already computed). Stops when a pass covers less
+    than `min_new_area` of the pixels more."""
     found, uncovered = None, None
     for i in range(max_iterations):
-        maps_i = cam_of(views if i == 0 else [fill_covered(v, uncovered) for v in views])
+        if i == 0:
+            maps_i = cam_of(views) if first is None else first
+        else:
+            maps_i = cam_of([fill_covered(v, uncovered) for v in views])
         found = maps_i if found is None else torch.maximum(found, maps_i)
         before = found[0].numel() if uncovered is None else int(uncovered.sum())
         uncovered = found.max(0).values < threshold
