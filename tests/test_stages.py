@@ -188,3 +188,15 @@ def test_output_directory_exists_before_the_other_ranks_are_released(tiny_cfg, t
     monkeypatch.setattr(artifacts, "barrier", lambda: seen.append(art.path.is_dir()))
     artifacts.produce(cfg, "train_cls", lambda c, out: {}, tmp_path, distributed=True)
     assert seen == [True, True]
+
+
+def test_min_steps_adds_whole_epochs_until_the_schedule_has_that_many_steps():
+    """voc_small: 5 epochs of 502 images in batches of 16 are 31 × 5 = 155 steps; 300 images give 18 a epoch, so
+    155 steps need 9 epochs; 2 ranks halve the batches per epoch; no minimum keeps the epochs."""
+    from wsss.training import epochs_with_min_steps
+
+    assert epochs_with_min_steps(5, 155, 502, 16) == 5
+    assert epochs_with_min_steps(5, 155, 300, 16) == 9
+    assert epochs_with_min_steps(5, 155, 300, 16, world_size=2) == 18  # 150 images a rank: 9 batches
+    assert epochs_with_min_steps(5, None, 300, 16) == 5
+    assert epochs_with_min_steps(5, 155, 10, 16) == 155  # fewer images than a batch: one batch an epoch
