@@ -64,6 +64,20 @@ def test_out_of_range_values_are_refused(tmp_path, override, match):
         validate(compose_cfg(tmp_path, *override.split()))
 
 
+def test_split_rules_apply_only_to_the_stages_that_run(tmp_path):
+    # seeds made and scored on a subset: no pseudo or seg key needs changing while those stages do not run
+    cfg = compose_cfg(tmp_path, "cam.splits=[val]", "eval_cam.split=val")
+    validate(cfg, ["train_cls", "make_cam", "eval_cam"])
+    for stages, match in ((["make_cam", "make_pseudo"], "must be among cam.splits"),
+                          (["make_cam", "train_irn"], "must be among cam.splits")):
+        with pytest.raises(ConfigError, match=match):
+            validate(cfg, stages)
+    cfg = compose_cfg(tmp_path, "seg.train_split=val")
+    validate(cfg, ["train_cls", "make_cam", "eval_cam", "make_pseudo"])
+    with pytest.raises(ConfigError, match="has no pseudo-labels"):
+        validate(cfg, ["make_pseudo", "train_seg"])
+
+
 def test_sweep_dirnames_are_bounded_and_flat():
     from wsss.__main__ import short_dirname
 

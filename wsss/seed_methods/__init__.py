@@ -31,7 +31,7 @@ import importlib
 from wsss.errors import UserError
 
 METHODS = ("cam", "recam", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "reciprocam", "saliency",
-           "guided_backprop", "infercam", "lpcam", "fdcam", "clustercam")
+           "guided_backprop", "infercam", "lpcam", "fdcam", "clustercam", "adcam")
 # cam.* keys every method has, or train_recam's: not a method's own options
 NOT_OPTIONS = ("method", "scales", "threshold", "splits", "precision", "train", "upsample", "gaussian_sigma")
 

