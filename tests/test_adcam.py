@@ -153,14 +153,15 @@ def test_cam_and_adcam_on_a_vit_are_flip_equivariant(vit):
 
     model = ClassifierModule(3, VIT, None).eval()
     x, keys = torch.randn(3, 64, 96), torch.tensor([0, 2])
+
+    def combined(img, options):
+        with torch.no_grad():
+            return multiscale_maps(lambda batch: adcam.maps(model, batch, keys, **options), 2,
+                                   [torch.stack([img, img.flip(-1)])], (64, 96))[1]
+
     for options in ({"affinity": "attention"}, {"affinity": "attention", "attention_blocks": [-2, -1]},
                     {"affinity": "features"}):
-        def combined(img):
-            with torch.no_grad():
-                return multiscale_maps(lambda b: adcam.maps(model, b, keys, **options), 2,
-                                       [torch.stack([img, img.flip(-1)])], (64, 96))[1]
-
-        a, b = combined(x), combined(x.flip(-1))
+        a, b = combined(x, options), combined(x.flip(-1), options)
         assert a.shape == (2, 64, 96) and torch.allclose(a, b.flip(-1), atol=1e-5)
     with pytest.raises(UserError, match="affinity"):
         adcam.maps(model, torch.randn(2, 3, 64, 96), keys, affinity="cosine")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from wsss.errors import UserError
 from wsss.overrides import check_added_keys
 from wsss.pipeline import run_pipeline
+from wsss.threads import SWEEP_JOBS, count_sweep_jobs
 
 # conf/ sits beside the package in a source checkout (editable install), as the layout prescribes
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -35,6 +37,18 @@ def one_line(error: Exception) -> str:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
     return text
+
+
+def _export_sweep_size() -> None:
+    """In the launching process: the sweep's job count for the jobs' share of the cores (wsss/threads.py); the
+    launchers' job processes inherit the environment (a job's own argv is not the sweep's)."""
+    if SWEEP_JOBS not in os.environ:
+        jobs = count_sweep_jobs(sys.argv[1:])
+        if jobs:
+            os.environ[SWEEP_JOBS] = str(jobs)
+
+
+_export_sweep_size()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from wsss import artifacts, tracking
+from wsss import artifacts, threads, tracking
 from wsss.errors import UserError
 from wsss.io import read_json, write_json
 from wsss.keys import TAU_STAGES, is_tuned_on_gt, unit
@@ -81,6 +81,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
     """Run the selected stages; write `metrics.json` and `artifacts.json` after each; print the summary."""
     stages = selected_stages(OmegaConf.to_container(cfg.stages) if OmegaConf.is_list(cfg.stages) else cfg.stages)
     validate(cfg, stages)
+    if cfg.get("dry_run"):
+        from wsss.dry_run import describe, plan
+
+        print(describe(plan(cfg, stages)))
+        return {}
+    threads.apply_share(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = run_dir / "metrics.json"

@@ -6,17 +6,16 @@ once and runs it with one thread (the pool gives the parallelism), or the main p
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from wsss import crf
 from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, save_label_png
 from wsss.metrics import threshold_cams
+from wsss.progress import progress
 from wsss.random_walk import rw_label
 
 
@@ -97,7 +96,7 @@ def _work(task: Task) -> str:
 
 def run_tasks(tasks: list[Task], workers: int, how: Refinement, desc: str) -> None:
     """Make every task's label map, in `workers` processes (1 = in this process), with a progress bar."""
-    bar = tqdm(total=len(tasks), desc=desc, unit="img")
+    bar = progress(total=len(tasks), desc=desc, unit="img")
     if workers <= 1 or len(tasks) <= 1:
         for t in tasks:
             make_one(t, how)
@@ -114,5 +113,7 @@ def run_tasks(tasks: list[Task], workers: int, how: Refinement, desc: str) -> No
 
 
 def default_workers(setting) -> int:
-    return int(setting) if setting else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                         else os.cpu_count() or 1)
+    """`setting`, or this job's share of the cores (wsss/threads.py: all of them outside parallel sweeps)."""
+    from wsss.threads import share
+
+    return int(setting) if setting else share()

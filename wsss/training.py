@@ -1,16 +1,20 @@
 """Building Lightning trainers and loggers from the `trainer` and `logger` config groups."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from omegaconf import OmegaConf
 
 from wsss.io import TEMP_SUFFIX
+from wsss.progress import LinesWhenLogged
 
 
 def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
@@ -29,7 +33,29 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), StageProgressBar(stage)]
     # frozen-statistics BNs report training=False by design (models/backbones/frozen_bn.py)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    quiet_lightning()
     return instantiate(cfg.trainer, default_root_dir=str(out_dir), logger=logger, **kwargs)
+
+
+class _NoAdvertising(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning() -> None:
+    """What Lightning prints that says nothing about the run, filtered where it arises (not every warning or
+    log line): its advertising tip (logged at each Trainer's start through its rank-zero logger) and the
+    deprecation warning its own `_pytree` helper raises on every predict loop with torch ≥ 2.9 (Lightning's
+    code, not ours: nothing for a user to change)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertising) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvertising())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            module=r"lightning\.pytorch\.utilities\._pytree")
+
+
+class LineLightningTqdm(LinesWhenLogged, Tqdm):
+    """Lightning's bar; whole throttled lines when stdout is not a terminal (wsss/progress.py)."""
 
 
 class StageProgressBar(TQDMProgressBar):
@@ -51,6 +77,24 @@ class StageProgressBar(TQDMProgressBar):
     @property
     def validation_description(self) -> str:
         return f"{self.stage} validation"
+
+    def _bar(self, desc: str, position: int, leave: bool, **extra) -> Tqdm:
+        """Lightning's bar settings (TQDMProgressBar.init_*_tqdm), drawn as lines in a log file."""
+        return LineLightningTqdm(desc=desc, position=position, disable=self.is_disabled, leave=leave,
+                                 dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, **extra)
+
+    def init_train_tqdm(self) -> Tqdm:
+        return self._bar(self.train_description, 2 * self.process_position, True, smoothing=0)
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return self._bar(self.predict_description, 2 * self.process_position, True, smoothing=0)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        has_main_bar = self.trainer.state.fn != "validate"
+        return self._bar(self.validation_description, 2 * self.process_position + has_main_bar, not has_main_bar)
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return self._bar(self.sanity_check_description, 2 * self.process_position, False)
 
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)

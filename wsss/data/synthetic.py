@@ -25,10 +25,10 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
 from wsss.errors import UserError
 from wsss.io import exclusive_lock, save_label_png, write_json
+from wsss.progress import progress
 
 SHAPES = ["ellipse", "box", "triangle", "diamond", "cross", "ring"]
 PARTS = ["dot", "bar"]
@@ -78,7 +78,7 @@ def _write_tree(root: Path, g: dict) -> None:
     for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     ids = [f"s{i:05d}" for i in range(n_aug + n_val)]
-    for i, img_id in enumerate(tqdm(ids, desc="writing synthetic dataset", leave=False)):
+    for i, img_id in enumerate(progress(ids, desc="writing synthetic dataset", leave=False)):
         rng = np.random.default_rng([g["seed"], i])
         image, label, objects = render(rng, g)
         Image.fromarray(image).save(root / "JPEGImages" / f"{img_id}.jpg", quality=95)

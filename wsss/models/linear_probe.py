@@ -26,7 +26,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+
+from wsss.progress import progress
 
 
 @contextmanager
@@ -79,7 +80,7 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, steps: int = 3
 def probe_head(model, loader, steps: int = 300) -> float:
     """Set `model.classifier` (a bias-free 1×1 conv) to the linear probe of `model.backbone` on the
     (images, labels) batches of `loader`; returns the probe's training loss."""
-    feats, labels = pooled_features(model.backbone, tqdm(loader, desc="train_cls: linear probe of the head"))
+    feats, labels = pooled_features(model.backbone, progress(loader, desc="train_cls: linear probe of the head"))
     weights, loss = fit_linear_head(feats, labels, steps=steps)
     with torch.no_grad():
         model.classifier.weight.copy_(weights[:, :, None, None])
@@ -127,7 +128,7 @@ def probe_sce_head(model, loader, steps: int = 300) -> float:
     """Set a ReCAMModule's `sce_head` to the softmax probe of its frozen trunk's masked class features
     (masks from its current W_bce); returns the probe's training loss."""
     w_bce = model.classifier.weight.flatten(1).detach()
-    rows, targets, _ = masked_class_rows(model.backbone, w_bce, tqdm(loader, desc="train_recam: probe of the SCE head"))
+    rows, targets, _ = masked_class_rows(model.backbone, w_bce, progress(loader, desc="train_recam: probe of the SCE head"))
     weights, loss = fit_softmax_head(rows, targets, w_bce.shape[0], steps=steps)
     with torch.no_grad():
         model.sce_head.weight.copy_(weights[:, :, None, None])
@@ -179,7 +180,7 @@ def sgd_sce_head(model, loader, steps: int, lr: float, momentum: float, weight_d
     Returns the head's (loss, accuracy) on those rows."""
     w_bce = model.classifier.weight.flatten(1).detach()
     rows, targets, images = masked_class_rows(
-        model.backbone, w_bce, tqdm(loader, desc="train_recam: SCE head, reference SGD schedule"))
+        model.backbone, w_bce, progress(loader, desc="train_recam: SCE head, reference SGD schedule"))
     weights, loss, acc = replay_sce_sgd(rows, targets, images, w_bce.shape[0], steps, lr, momentum, weight_decay,
                                         poly_power, batch_size, seed)
     with torch.no_grad():

@@ -8,9 +8,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
-from tqdm import tqdm
-
 from wsss.io import sweep_temporary
+from wsss.progress import progress
 
 
 def map_files(write, tasks: list[tuple], workers: int, desc: str) -> int:
@@ -21,7 +20,7 @@ def map_files(write, tasks: list[tuple], workers: int, desc: str) -> int:
         if folder.is_dir():
             sweep_temporary(folder)  # a killed writer's half file (nobody else writes here)
     todo = [t for t in tasks if not Path(t[-1]).exists()]
-    bar = tqdm(total=len(todo), desc=desc, unit="file")
+    bar = progress(total=len(todo), desc=desc, unit="file")
     if workers <= 1 or len(todo) <= 1:
         for task in todo:
             write(*task)

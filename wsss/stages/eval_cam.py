@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from wsss import artifacts
 from wsss.cam import seed_file
@@ -20,6 +19,7 @@ from wsss.data import open_dataset
 from wsss.errors import UserError
 from wsss.io import load_rgb, load_seed, write_json
 from wsss.metrics import ThresholdSweep, pixel_errors, scores, threshold_cams
+from wsss.progress import progress
 from wsss.stages import make_cam
 from wsss.viz import colour_labels, heatmap, legend, save_curve, save_panel
 
@@ -42,7 +42,7 @@ def sweep_thresholds(spec) -> np.ndarray:
 
 def accumulate(layout, seeds: Path, ids, sweeps: list[ThresholdSweep], desc: str) -> None:
     """Add every image's seeds (vs its ground truth) to each threshold sweep."""
-    for img_id in tqdm(ids, desc=desc):
+    for img_id in progress(ids, desc=desc):
         seed = load_seed(seed_file(seeds, img_id))
         gt = layout.read_mask(img_id)
         if gt.shape != seed["high_res"].shape[1:]:

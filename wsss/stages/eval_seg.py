@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsss import artifacts
 from wsss.crf import crf_from_scores
@@ -25,6 +24,7 @@ from wsss.io import atomic_path, load_label_png, load_rgb, save_label_png
 from wsss.metrics import confusion, scores
 from wsss.models.classifier import load_checkpoint
 from wsss.models.segmenter import SegmentationModule
+from wsss.progress import progress
 from wsss.training import checkpoint_path, plain
 from wsss.viz import colour_labels, legend, save_panel
 
@@ -70,7 +70,7 @@ def run(cfg, out_dir: Path) -> dict:
     if torch.cuda.is_available():
         model.cuda()
     todo = [i for i in ids if not pred_file(out_dir, e.split, i).exists()]
-    for img_id in tqdm(todo, desc=f"eval_seg {e.split}", unit="img"):
+    for img_id in progress(todo, desc=f"eval_seg {e.split}", unit="img"):
         image = load_rgb(layout.image_path(img_id))
         prob = predict(model, image, e.scales, e.flip)
         label = crf_from_scores(image, prob, e.crf_params).argmax(0) if e.crf else prob.argmax(0)

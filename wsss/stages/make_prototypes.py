@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsss import artifacts
 from wsss.cam import multiscale_cam
@@ -26,6 +25,7 @@ from wsss.data import open_dataset
 from wsss.data.transforms import multiscale_views, normalize, to_chw
 from wsss.io import atomic_path, load_rgb
 from wsss.models.classifier import load_classifier
+from wsss.progress import progress
 from wsss.seed_methods.lpcam import PROTOTYPE_FILE, PROTOTYPE_KEYS, class_prototypes
 from wsss.training import checkpoint_path
 
@@ -68,7 +68,7 @@ def image_features(model, image: np.ndarray, keys: np.ndarray, scales, norm) -> 
 
 def write_features(cfg, layout, model, ids, out_dir: Path) -> None:
     todo = [i for i in ids if not feature_file(out_dir, i).exists()]
-    for img_id in tqdm(todo, desc="make_prototypes: features", unit="img"):
+    for img_id in progress(todo, desc="make_prototypes: features", unit="img"):
         keys = np.nonzero(layout.labels(img_id))[0]
         feats, cams = image_features(model, load_rgb(layout.image_path(img_id)), keys, cfg.cam.scales,
                                      model.normalization)
