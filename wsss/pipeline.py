@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from wsss import artifacts, threads, tracking
+from wsss import artifacts, distributed, threads, tracking
 from wsss.errors import UserError
 from wsss.io import read_json, write_json
 from wsss.keys import TAU_STAGES, is_tuned_on_gt, unit
@@ -115,6 +115,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
     return metrics
 
 
+# the stages whose per-image work wsss/distributed.py shards (outside Lightning's loops)
+SHARDED_HERE = ("train_irn", "make_pseudo", "eval_seg")
+
+
 def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     module = STAGES[name]
     if not getattr(module, "needed", lambda _: True)(cfg):
@@ -127,6 +131,8 @@ def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     start = time.time()
     out = {}
     if module.STORED:
+        if name in SHARDED_HERE:
+            distributed.ensure_processes(cfg)
         out = artifacts.produce(cfg, name, module.run, run_dir, getattr(module, "DISTRIBUTED", False))
     elif rank0:  # run-directory stages are single-process
         used = read_json(run_dir / "artifacts.json")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsss import artifacts
+from wsss import artifacts, distributed
 from wsss.crf import crf_from_scores
 from wsss.data import open_dataset
 from wsss.data.transforms import normalize, rescale, to_chw
@@ -30,6 +30,7 @@ from wsss.viz import colour_labels, legend, save_panel
 
 VERSION = 1
 STORED = True
+DISTRIBUTED = True  # every DDP rank predicts its shard of the images (wsss/distributed.py); rank 0 scores
 SERVER_DIR = Path("results/VOC2012/Segmentation/comp6_test_cls")
 
 
@@ -68,14 +69,18 @@ def run(cfg, out_dir: Path) -> dict:
     model = load_checkpoint(checkpoint_path(artifacts.require(cfg, "train_seg", "eval_seg").path),
                             SegmentationModule).eval()
     if torch.cuda.is_available():
-        model.cuda()
-    todo = [i for i in ids if not pred_file(out_dir, e.split, i).exists()]
+        model.cuda(distributed.device_index())
+    todo = [i for i in distributed.shard(ids) if not pred_file(out_dir, e.split, i).exists()]
     for img_id in progress(todo, desc=f"eval_seg {e.split}", unit="img"):
         image = load_rgb(layout.image_path(img_id))
         prob = predict(model, image, e.scales, e.flip)
         label = crf_from_scores(image, prob, e.crf_params).argmax(0) if e.crf else prob.argmax(0)
         save_label_png(pred_file(out_dir, e.split, img_id), label.astype(np.uint8))
-    metrics = {"eval_seg/images": len(ids), "eval_seg/computed": len(todo), **_protocol(cfg)}
+    distributed.wait_for_all()  # every rank's shard is written (DDP; wsss/distributed.py)
+    computed = distributed.total(len(todo))
+    if distributed.rank() > 0:
+        return {}
+    metrics = {"eval_seg/images": len(ids), "eval_seg/computed": computed, **_protocol(cfg)}
     if e.split == "test":
         _archive(out_dir)
         return metrics

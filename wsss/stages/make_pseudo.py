@@ -23,19 +23,20 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from wsss import artifacts
+from wsss import artifacts, distributed
 from wsss.cam import seed_file
 from wsss.data import open_dataset
 from wsss.errors import UserError
 from wsss.io import load_label_png, load_rgb, load_seed
 from wsss.metrics import IGNORE, confusion, scores, threshold_cams
-from wsss.pseudo import Refinement, Task, boundary_map, default_workers, run_tasks
+from wsss.pseudo import Refinement, Task, boundary_map, run_tasks
 from wsss.stages.eval_cam import best_threshold, seed_protocol
 from wsss.training import checkpoint_path
 from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, boundary_picture, colour_labels, legend, save_panel
 
 VERSION = 1
 STORED = True
+DISTRIBUTED = True  # every DDP rank makes its shard of the images (wsss/distributed.py); rank 0 scores
 
 
 def identity(cfg) -> dict:
@@ -101,13 +102,18 @@ def run(cfg, out_dir: Path) -> dict:
     tau, fg, bg = thresholds(cfg, layout, seeds)
     ids = layout.ids_of(p.splits)
     tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), label_file(out_dir, i))
-             for i in ids if not label_file(out_dir, i).exists()]
+             for i in distributed.shard(ids) if not label_file(out_dir, i).exists()]
     how = refinement(cfg, tau, fg, bg)
-    workers = 1 if how.device != "cpu" else default_workers(cfg.refine.workers)
-    run_tasks(tasks, workers, how, desc=f"make_pseudo ({_describe(cfg)}, {workers} workers)")
+    workers = 1 if how.device != "cpu" else distributed.worker_share(cfg.refine.workers)
+    ranks = f", rank {distributed.rank()} of {distributed.world_size()}" if distributed.world_size() > 1 else ""
+    run_tasks(tasks, workers, how, desc=f"make_pseudo ({_describe(cfg)}, {workers} workers{ranks})")
+    distributed.wait_for_all()  # every rank's shard is written (DDP; wsss/distributed.py)
+    computed = distributed.total(len(tasks))
+    if distributed.rank() > 0:
+        return {}
     metrics = evaluate(layout, partial(label_file, out_dir), p.eval_split)
     metrics.update({f"make_pseudo/{p.eval_split}/threshold": tau, "make_pseudo/images": len(ids),
-                    "make_pseudo/computed": len(tasks)})
+                    "make_pseudo/computed": computed})
     if cfg.refine.method == "crf" and cfg.refine.mode == "label":
         metrics.update({"make_pseudo/fg_threshold": fg, "make_pseudo/bg_threshold": bg})
     if cfg.refine.method == "irn":
@@ -130,7 +136,7 @@ def irn_device(cfg) -> str:
     import torch
 
     gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "cuda" if gpu else "cpu"
+    return f"cuda:{distributed.device_index()}" if gpu else "cpu"
 
 
 def evaluate(layout, label_path, split: str, prefix: str = "make_pseudo") -> dict:

@@ -14,13 +14,13 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from wsss import artifacts
+from wsss import artifacts, distributed
 from wsss.cam import seed_file
 from wsss.data import open_dataset
 from wsss.data.datasets import AffinityDataset, loader
 from wsss.errors import UserError
 from wsss.models.irn import IRNModule
-from wsss.pseudo import Refinement, Task, default_workers, run_tasks
+from wsss.pseudo import Refinement, Task, run_tasks
 from wsss.stages import make_pseudo
 from wsss.training import (
     apply_min_steps,
@@ -35,7 +35,7 @@ from wsss.training import (
 
 VERSION = 2  # 2: stride-4 labels at the cell centres (IRN's PIL resize), were every 4th pixel from the corner
 STORED = True
-DISTRIBUTED = True  # runs on every DDP rank (Lightning shards the work); rank 0 makes the IR labels
+DISTRIBUTED = True  # every DDP rank: its shard of the IR labels (wsss/distributed.py), then Lightning's training
 
 
 def needed(cfg) -> bool:
@@ -65,9 +65,12 @@ def make_ir_labels(cfg, layout, ids, out_dir: Path) -> dict:
     ir = cfg.refine.ir_labels
     tau, fg, bg = make_pseudo.thresholds(cfg, layout, seeds, ir)
     tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), ir_label_file(out_dir, i))
-             for i in ids if not ir_label_file(out_dir, i).exists()]
-    workers = default_workers(ir.workers)
+             for i in distributed.shard(ids) if not ir_label_file(out_dir, i).exists()]
+    workers = distributed.worker_share(ir.workers)
     run_tasks(tasks, workers, Refinement(ir, tau, fg, bg), desc=f"train_irn: IR labels ({workers} workers)")
+    distributed.wait_for_all()  # every rank's shard is written (DDP; wsss/distributed.py)
+    if distributed.rank() > 0:
+        return {}
     split = cfg.pseudo.eval_split
     scores = make_pseudo.evaluate(layout, partial(ir_label_file, out_dir), split, prefix="train_irn")
     keep = ("miou", "miou_255_ignored", "ignore_pct")
@@ -85,10 +88,7 @@ def run(cfg, out_dir: Path) -> dict:
     if t.crop_size % 4 or t.crop_size // 4 < 2 * t.radius:
         raise UserError(f"refine.train.crop_size={t.crop_size} must be a multiple of 4 and at least {8 * t.radius} "
                         f"(its stride-4 labels must hold pairs of radius {t.radius})")
-    metrics = {}
-    if artifacts.global_rank() == 0:
-        metrics = make_ir_labels(cfg, layout, ids, out_dir)
-    artifacts.barrier()
+    metrics = make_ir_labels(cfg, layout, ids, out_dir)  # every rank its shard (DDP); rank 0 scores them
     model = IRNModule(backbone=t.backbone, weights=t.weights, radius=t.radius, lr=t.lr, weight_decay=t.weight_decay,
                       momentum=t.momentum, poly_power=t.poly_power)
     data = AffinityDataset(layout, ids, partial(ir_label_file, out_dir), model.normalization, t.scale_range,
