@@ -50,7 +50,7 @@ NEEDS_GRAD = False
 
 
 def maps(model: nn.Module, images: torch.Tensor, keys: torch.Tensor, affinity: str = "features",
-         attention_blocks=None, temperature: float = 0.1, beta: float = 1.0, steps: int = 2,
+         attention_blocks=None, temperature: float = 0.1, beta: float = 1.0, steps: int = 8,
          max_positions: int = 4096, base: str = "cam"):
     if affinity not in ("attention", "features"):
         raise UserError(f"cam.affinity={affinity!r}: choose attention (a ViT trunk's) or features (the trunk's "
