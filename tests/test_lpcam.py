@@ -86,7 +86,9 @@ def test_prototype_stage_resumes_after_a_kill_and_is_reused_by_a_sweep(tiny_cfg)
     stages = "stages=[train_cls,make_prototypes,make_cam,eval_cam]"
     cfg = tiny_cfg("cam=lpcam", stages)
     m = run_pipeline(cfg)
-    assert m["make_prototypes/images"] == 8 and "eval_cam/train/miou" in m
+    # the prototypes come from the classifier's training split (train_aug here: 24 images), not the seeds' (train: 8)
+    assert cfg.cam.prototype_splits == ["train_aug"] and list(cfg.cam.splits) == ["train"]
+    assert m["make_prototypes/images"] == 24 and "eval_cam/train/miou" in m
     art = artifacts.locate(cfg, "make_prototypes")
     first = dict(np.load(art.path / lpcam.PROTOTYPE_FILE))
     ids = sorted(p.stem for p in (art.path / "features").glob("*.npz"))
