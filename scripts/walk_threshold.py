@@ -68,8 +68,9 @@ def main() -> None:
     from wsss import artifacts
     from wsss.cam import seed_file
     from wsss.data import open_dataset
+    from wsss.distributed import worker_share
     from wsss.metrics import ThresholdSweep, scores
-    from wsss.pseudo import Refinement, default_workers
+    from wsss.pseudo import Refinement
     from wsss.stages.eval_cam import sweep_thresholds
     from wsss.training import checkpoint_path
 
@@ -89,7 +90,7 @@ def main() -> None:
            "seed": partial(seed_file, seeds.path), "image": layout.image_path}
     sweep = ThresholdSweep(sweep_thresholds(cfg.eval_cam.sweep), layout.num_classes + 1)
     at_setting = ThresholdSweep([float(cfg.refine.sem_seg_bg_threshold)], layout.num_classes + 1)
-    workers = args.workers or default_workers(None)
+    workers = args.workers or worker_share(None)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init, initargs=(job,)) as pool:
         for img_id, maps, keys in tqdm(pool.imap_unordered(_walk, ids), total=len(ids), desc="walk_threshold"):

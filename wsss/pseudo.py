@@ -110,10 +110,3 @@ def run_tasks(tasks: list[Task], workers: int, how: Refinement, desc: str) -> No
             for _ in pool.imap_unordered(_work, tasks, chunksize=chunk):
                 bar.update()
     bar.close()
-
-
-def default_workers(setting) -> int:
-    """`setting`, or this job's share of the cores (wsss/threads.py: all of them outside parallel sweeps)."""
-    from wsss.threads import share
-
-    return int(setting) if setting else share()
