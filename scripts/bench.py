@@ -58,15 +58,11 @@ REFERENCE_SCALES = "cam.scales=[1.0,0.5,1.5,2.0]"  # algorithms.md §3
 
 # ------------------------------------------------------------------ configuration shared by every process
 def compose_cfg(state: dict, *extra: str):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from wsss.config import compose
 
     out = Path(state["out"])
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[
-            f"paths.root={ROOT}", f"paths.data_dir={out / 'data'}", f"paths.artifacts_dir={out / 'artifacts'}",
-            f"paths.run_dir={out / 'run'}", *state["overrides"], *extra])
+    return compose([f"paths.root={ROOT}", f"paths.data_dir={out / 'data'}", f"paths.artifacts_dir={out / 'artifacts'}",
+                    f"paths.run_dir={out / 'run'}", *state["overrides"], *extra])
 
 
 def bench_overrides(user: list[str], images: int) -> list[str]:

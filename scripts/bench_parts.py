@@ -162,9 +162,9 @@ def bench_walk(classes: list[int], repeats: int) -> None:
 def bench_precision(overrides: list[str]) -> None:
     import numpy as np
     import torch
-    from hydra import compose, initialize_config_dir
 
     from wsss.cam import multiscale_maps
+    from wsss.config import compose
     from wsss.data import open_dataset
     from wsss.data.datasets import MultiScaleDataset
     from wsss.metrics import ThresholdSweep, scores
@@ -172,9 +172,7 @@ def bench_precision(overrides: list[str]) -> None:
     from wsss.stages.eval_cam import sweep_thresholds
     from wsss.stages.make_cam import load_maps_model
 
-    root = Path(__file__).resolve().parent.parent
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root={Path.cwd()}", "paths.run_dir=/tmp/wsss-bench", *overrides])
+    cfg = compose([f"paths.root={Path.cwd()}", "paths.run_dir=/tmp/wsss-bench", *overrides])
     layout = open_dataset(cfg)
     model, norm = load_maps_model(cfg)
     model.eval()

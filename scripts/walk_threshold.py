@@ -19,15 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from wsss.config import compose as compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=[f"paths.root={Path.cwd()}", "paths.run_dir=.", *overrides])
+    return compose_config([f"paths.root={Path.cwd()}", "paths.run_dir=.", *overrides])
 
 
 _JOB: dict = {}

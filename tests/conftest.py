@@ -3,10 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+from wsss.config import compose
+
 VOC200 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "voc200"
 
 # a dataset and recipe small enough for a stage to run in seconds on CPU
@@ -22,10 +21,21 @@ TINY = [
 
 def compose_cfg(tmp_path: Path, *overrides: str):
     """The real config, composed with paths inside tmp_path (no Hydra runtime needed)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", overrides=[f"paths.root={tmp_path}", f"paths.run_dir={tmp_path}/run",
-                                            *overrides])
+    return compose([f"paths.root={tmp_path}", f"paths.run_dir={tmp_path}/run", *overrides])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--heavy", action="store_true",
+                     help="also run the tests marked heavy (outside CI's 10-minute budget)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--heavy"):
+        return
+    skip = pytest.mark.skip(reason="heavy: outside CI's 10-minute budget; run with --heavy")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

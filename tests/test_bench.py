@@ -37,6 +37,7 @@ def test_ratios_and_equality_verdict():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ten measuring processes, each importing torch and Lightning: 75-85 s on 2 cores
 def test_quick_benchmark_runs_and_reports_every_figure(tmp_path):
     tiny = [o for o in TINY if not o.startswith(("num_workers", "+trainer"))]
     out = tmp_path / "bench"

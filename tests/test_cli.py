@@ -43,7 +43,8 @@ def test_voc_layout_tree_without_annotations(tmp_path, voc200):
             (root / "JPEGImages" / f"{i}.jpg").symlink_to(voc200 / "JPEGImages" / f"{i}.jpg")
             (root / "SegmentationClass" / f"{i}.png").symlink_to(voc200 / "SegmentationClass" / f"{i}.png")
     cmd = [sys.executable, "-m", "wsss", "dataset=voc12", f"dataset.root={root}", f"paths.root={tmp_path}",
-           "cls.epochs=1", "cls.batch_size=2", "cam.scales=[0.5]", "seg.max_steps=2", "seg.batch_size=2",
+           "cls.epochs=1", "cls.batch_size=2", "cls.crop_size=128", "cls.resize_long=[96,160]", "cam.scales=[0.5]",
+           "seg.max_steps=2", "seg.batch_size=2",
            "seg.crop_size=64", "refine=crf", "num_workers=0", "trainer=cpu", "+trainer.enable_progress_bar=false"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -5,7 +5,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, compose_cfg
+from tests.conftest import compose_cfg
+from wsss.config import CONFIG_DIR as CONF
 from wsss.pipeline import ConfigError, selected_stages, validate
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml")) for g in

@@ -1,5 +1,6 @@
 """Each sweep job's share of the cores (wsss/threads.py), and a real submitit job through Hydra's launcher."""
 import json
+import os
 import subprocess
 import sys
 
@@ -35,6 +36,61 @@ def test_sweep_size_is_hydras_product_of_the_comma_lists():
 def test_job_share(monkeypatch, setting, launcher, jobs, share):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     assert threads.job_share(setting, launcher, jobs) == share
+
+
+@pytest.mark.parametrize("launcher,jobs,ended,share", [
+    ({"_target_": JOBLIB, "n_jobs": 2}, 3, 1, 4),   # one ended, the third took its place: still 2 at once
+    ({"_target_": JOBLIB, "n_jobs": 2}, 3, 2, 8),   # the last job runs alone: every core
+    ({"_target_": LOCAL, "cpus_per_task": None}, 4, 2, 4),
+    ({"_target_": JOBLIB, "n_jobs": 2}, 2, 5, 8),   # more marks than jobs (never less than one job running)
+])
+def test_a_job_takes_the_cores_of_the_jobs_that_ended(monkeypatch, launcher, jobs, ended, share):
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    assert threads.job_share(None, launcher, jobs, ended) == share
+
+
+def test_rebalance_raises_torch_threads_when_a_job_of_the_sweep_ends(monkeypatch, tmp_path):
+    """A 2-job sweep on 2 cores: 1 thread each; once the other job marks its end, the one left takes both."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv(threads.SWEEP_ROOM, str(tmp_path))
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "RECOUNT_SECONDS", 0.0)
+    monkeypatch.setattr(threads, "_AT_ONCE", 2)
+    monkeypatch.setattr(threads, "_SWEEP", 2)
+    monkeypatch.setattr(threads, "_SHARE", 1)
+    try:
+        torch.set_num_threads(1)
+        threads.rebalance()
+        assert threads.share() == 1 and torch.get_num_threads() == 1  # the other job still runs
+        threads.mark_job_ended()
+        threads.rebalance()
+        assert threads.share() == 2 and torch.get_num_threads() == 2
+        assert threads.os.environ["OMP_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_rebalance_leaves_an_explicit_share_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv(threads.SWEEP_ROOM, str(tmp_path))
+    monkeypatch.setattr(threads, "RECOUNT_SECONDS", 0.0)
+    monkeypatch.setattr(threads, "_AT_ONCE", None)  # cpu_threads=N or cpus_per_task: the share is the user's
+    monkeypatch.setattr(threads, "_SHARE", 1)
+    threads.mark_job_ended()
+    threads.rebalance()
+    assert threads.share() == 1
+
+
+def test_every_job_of_a_sweep_marks_its_end(tmp_path):
+    """The marks the jobs count come from the jobs themselves (wsss/__main__.py), one per job."""
+    room = tmp_path / "room"
+    room.mkdir()
+    env = {**os.environ, threads.SWEEP_ROOM: str(room)}
+    cmd = [sys.executable, "-m", "wsss", "-m", "seed=0,1", "dry_run=true", f"paths.root={tmp_path}", *TINY]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list(room.iterdir())) == 2
 
 
 @pytest.mark.slow

@@ -5,18 +5,15 @@ import hashlib
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from wsss import threads
+from wsss.config import CONFIG_DIR
 from wsss.errors import UserError
 from wsss.overrides import check_added_keys
 from wsss.pipeline import run_pipeline
-from wsss.threads import SWEEP_JOBS, count_sweep_jobs
-
-# conf/ sits beside the package in a source checkout (editable install), as the layout prescribes
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def short_dirname(overrides: str, limit: int = 96) -> str:
@@ -40,12 +37,14 @@ def one_line(error: Exception) -> str:
 
 
 def _export_sweep_size() -> None:
-    """In the launching process: the sweep's job count for the jobs' share of the cores (wsss/threads.py); the
-    launchers' job processes inherit the environment (a job's own argv is not the sweep's)."""
-    if SWEEP_JOBS not in os.environ:
-        jobs = count_sweep_jobs(sys.argv[1:])
+    """In the launching process: the sweep's job count and the folder where its jobs mark their end, for the
+    jobs' share of the cores (wsss/threads.py); the launchers' job processes inherit the environment (a job's
+    own argv is not the sweep's)."""
+    if threads.SWEEP_JOBS not in os.environ:
+        jobs = threads.count_sweep_jobs(sys.argv[1:])
         if jobs:
-            os.environ[SWEEP_JOBS] = str(jobs)
+            os.environ[threads.SWEEP_JOBS] = str(jobs)
+            threads.open_room()
 
 
 _export_sweep_size()
@@ -63,6 +62,11 @@ def main(cfg: DictConfig) -> None:
         log_to_files(logging.getLogger("wsss").makeRecord("wsss", logging.ERROR, __file__, 0, message, (), None))
         print(f"wsss: error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:  # the sweep's other jobs take this job's cores (wsss/threads.py); DDP's extra ranks are not jobs
+        from wsss.artifacts import global_rank
+
+        if global_rank() == 0:
+            threads.mark_job_ended()
 
 
 def log_to_files(record: logging.LogRecord) -> None:

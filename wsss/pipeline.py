@@ -115,10 +115,6 @@ def run_pipeline(cfg: DictConfig) -> dict:
     return metrics
 
 
-# the stages whose per-image work wsss/distributed.py shards (outside Lightning's loops)
-SHARDED_HERE = ("train_irn", "make_pseudo", "eval_seg")
-
-
 def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     module = STAGES[name]
     if not getattr(module, "needed", lambda _: True)(cfg):
@@ -131,7 +127,7 @@ def _run_stage(cfg, name: str, run_dir: Path, rank0: bool) -> dict:
     start = time.time()
     out = {}
     if module.STORED:
-        if name in SHARDED_HERE:
+        if getattr(module, "SHARDS_ITSELF", False):  # no Trainer may have started the DDP ranks yet
             distributed.ensure_processes(cfg)
         out = artifacts.produce(cfg, name, module.run, run_dir, getattr(module, "DISTRIBUTED", False))
     elif rank0:  # run-directory stages are single-process

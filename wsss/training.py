@@ -9,10 +9,11 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from omegaconf import OmegaConf
 
+from wsss import threads
 from wsss.io import TEMP_SUFFIX
 from wsss.progress import LinesWhenLogged
 
@@ -27,6 +28,7 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
     elif cfg.logger.get("_target_"):
         logger = instantiate(cfg.logger, name=stage)
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs["callbacks"] = [*kwargs.get("callbacks", []), CoreShare()]
     if cfg.get("channels_last"):
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), ChannelsLast()]
     if cfg.trainer.get("enable_progress_bar", True) and kwargs.get("enable_progress_bar", True):
@@ -35,6 +37,19 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     quiet_lightning()
     return instantiate(cfg.trainer, default_root_dir=str(out_dir), logger=logger, **kwargs)
+
+
+class CoreShare(Callback):
+    """Between batches, a sweep job takes the cores of the sweep's jobs that have ended (wsss/threads.py)."""
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        threads.rebalance()
+
+    def on_predict_batch_end(self, *args, **kwargs) -> None:
+        threads.rebalance()
+
+    def on_validation_batch_end(self, *args, **kwargs) -> None:
+        threads.rebalance()
 
 
 class _NoAdvertising(logging.Filter):

@@ -31,6 +31,7 @@ from wsss.viz import colour_labels, legend, save_panel
 VERSION = 1
 STORED = True
 DISTRIBUTED = True  # every DDP rank predicts its shard of the images (wsss/distributed.py); rank 0 scores
+SHARDS_ITSELF = True  # its per-image work is sharded by wsss/distributed.py, outside Lightning's loops
 SERVER_DIR = Path("results/VOC2012/Segmentation/comp6_test_cls")
 
 

@@ -37,6 +37,7 @@ from wsss.viz import UNSURE, UNSURE_NAME, VOID, VOID_NAME, boundary_picture, col
 VERSION = 1
 STORED = True
 DISTRIBUTED = True  # every DDP rank makes its shard of the images (wsss/distributed.py); rank 0 scores
+SHARDS_ITSELF = True  # its per-image work is sharded by wsss/distributed.py, outside Lightning's loops
 
 
 def identity(cfg) -> dict:

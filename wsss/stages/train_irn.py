@@ -36,6 +36,7 @@ from wsss.training import (
 VERSION = 2  # 2: stride-4 labels at the cell centres (IRN's PIL resize), were every 4th pixel from the corner
 STORED = True
 DISTRIBUTED = True  # every DDP rank: its shard of the IR labels (wsss/distributed.py), then Lightning's training
+SHARDS_ITSELF = True  # its per-image work is sharded by wsss/distributed.py, outside Lightning's loops
 
 
 def needed(cfg) -> bool:
