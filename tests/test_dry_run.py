@@ -20,6 +20,27 @@ def test_dry_run_writes_nothing_and_reads_the_store(tiny_cfg, tmp_path, capsys):
     run_pipeline(tiny_cfg("stages=[train_cls]"))  # now the classifier is stored
     artifacts.locate(cfg, "make_cam").path.mkdir(parents=True)  # and make_cam begun, not sealed
     rows = {r["stage"]: r for r in plan(cfg, ["train_cls", "make_cam"])}
-    assert rows["train_cls"]["action"] == "reuse" and rows["make_cam"]["action"] == "resume"
+    assert rows["train_cls"]["action"] == "reuse" and rows["make_cam"]["action"] == "resume (8 images left)"
+    # files already written count as done: a few of each per-image stage's, touched
+    from wsss.cam import seed_file
+    from wsss.data import open_dataset
+    from wsss.stages import eval_seg, make_prototypes, make_pseudo
+
+    layout = open_dataset(cfg)
+    seeds = artifacts.locate(cfg, "make_cam").path
+    for i in layout.ids_of(cfg.cam.splits)[:3]:
+        seed_file(seeds, i).touch()
+    assert {r["stage"]: r for r in plan(cfg, ["make_cam"])}["make_cam"]["action"] == "resume (5 images left)"
+    lpcam = tiny_cfg("cam=lpcam")
+    split = cfg.seg.eval.split
+    for module, c, ids, done in (
+            (make_pseudo, cfg, layout.ids_of(cfg.pseudo.splits), make_pseudo.label_file),
+            (make_prototypes, lpcam, make_prototypes.prototype_ids(lpcam, layout), make_prototypes.feature_file),
+            (eval_seg, cfg, layout.ids(split), lambda d, i: eval_seg.pred_file(d, split, i))):
+        out = tmp_path / module.__name__
+        for i in ids[:2]:
+            done(out, i).parent.mkdir(parents=True, exist_ok=True)
+            done(out, i).touch()
+        assert len(ids) > 2 and module.images_left(c, out) == len(ids) - 2, module.__name__
     forced = {r["stage"]: r for r in plan(tiny_cfg("force=true"), ["train_cls"])}
     assert forced["train_cls"]["action"] == "recompute (force=true)"

@@ -1,7 +1,7 @@
 """`wsss ... dry_run=true`: what a run would do, computing nothing.
 
-Per selected stage: whether it would be reused from the store, resumed (a stored output begun but not sealed),
-computed, or skipped (not needed for this config); on how many images; and where its output lives. Nothing is
+Per selected stage: whether it would be reused from the store, resumed (a stored output begun but not sealed;
+for the per-image stages, with the images still to do), computed, or skipped (not needed for this config); on how many images; and where its output lives. Nothing is
 written: no artifact, no synthetic dataset (its images are counted from the generator's settings), no W&B run.
 """
 from __future__ import annotations
@@ -66,6 +66,8 @@ def plan(cfg, stages: list[str]) -> list[dict]:
             art = artifacts.locate(cfg, name)
             action = ("recompute (force=true)" if cfg.force and art.path.exists() else
                       "reuse" if art.complete else "resume" if art.path.exists() else "compute")
+            if action == "resume" and hasattr(module, "images_left"):  # per-image stages: what is still to do
+                action = f"resume ({module.images_left(cfg, art.path)} images left)"
             where = str(art.path)
         else:
             action, where = "compute (in the run directory)", str(Path(cfg.paths.run_dir) / name)

@@ -63,6 +63,12 @@ def predict(model: SegmentationModule, image: np.ndarray, scales, flip: bool) ->
     return (total / (len(scales) * (2 if flip else 1))).float().cpu().numpy()
 
 
+def images_left(cfg, out_dir: Path) -> int:
+    """Images a resumed run still has to predict (the dry run's count)."""
+    split = cfg.seg.eval.split
+    return sum(not pred_file(out_dir, split, i).exists() for i in open_dataset(cfg).ids(split))
+
+
 def run(cfg, out_dir: Path) -> dict:
     e = cfg.seg.eval
     layout = open_dataset(cfg)

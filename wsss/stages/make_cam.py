@@ -102,6 +102,11 @@ def seed_predictor(cfg, model, method) -> SeedPredictor:
                          float(cfg.cam.get("gaussian_sigma", 1.0)), image_maps)
 
 
+def images_left(cfg, out_dir: Path) -> int:
+    """Images whose seeds a resumed run still has to make (the dry run's count)."""
+    return len(missing_ids(out_dir, open_dataset(cfg).ids_of(cfg.cam.splits)))
+
+
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     ids = layout.ids_of(cfg.cam.splits)

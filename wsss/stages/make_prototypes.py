@@ -95,11 +95,21 @@ def split_features(out_dir: Path, ids, num_classes: int, threshold: float) -> di
             for c in range(num_classes)}
 
 
+def prototype_ids(cfg, layout) -> list[str]:
+    """The images whose features make the prototypes: those of the prototype splits with a class."""
+    return [i for i in layout.ids_of(prototype_options(cfg)["prototype_splits"]) if layout.labels(i).any()]
+
+
+def images_left(cfg, out_dir: Path) -> int:
+    """Images whose features a resumed run still has to compute (the dry run's count)."""
+    return sum(not feature_file(out_dir, i).exists() for i in prototype_ids(cfg, open_dataset(cfg)))
+
+
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     model = load_classifier(checkpoint_path(artifacts.require(cfg, "train_cls", "make_prototypes").path)).eval()
     options = prototype_options(cfg)
-    ids = [i for i in layout.ids_of(options["prototype_splits"]) if layout.labels(i).any()]
+    ids = prototype_ids(cfg, layout)
     write_features(cfg, layout, model, ids, out_dir)
     features = split_features(out_dir, ids, layout.num_classes, options["select_threshold"])
     weights = model.cam_weights().detach().float()

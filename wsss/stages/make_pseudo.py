@@ -96,6 +96,11 @@ def thresholds(cfg, layout, seeds: Path, r=None) -> tuple[float, float, float]:
     return tau, float(np.clip(fg, 0, 1)), float(np.clip(bg, 0, 1))
 
 
+def images_left(cfg, out_dir: Path) -> int:
+    """Images whose labels a resumed run still has to make (the dry run's count)."""
+    return sum(not label_file(out_dir, i).exists() for i in open_dataset(cfg).ids_of(cfg.pseudo.splits))
+
+
 def run(cfg, out_dir: Path) -> dict:
     layout = open_dataset(cfg)
     p = cfg.pseudo
