@@ -17,7 +17,6 @@ import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 
 def compose(overrides: list[str]):
@@ -66,6 +65,7 @@ def main() -> None:
     from wsss.data import open_dataset
     from wsss.distributed import worker_share
     from wsss.metrics import ThresholdSweep, scores
+    from wsss.progress import progress
     from wsss.pseudo import Refinement
     from wsss.stages.eval_cam import sweep_thresholds
     from wsss.training import checkpoint_path
@@ -89,7 +89,7 @@ def main() -> None:
     workers = args.workers or worker_share(None)
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init, initargs=(job,)) as pool:
-        for img_id, maps, keys in tqdm(pool.imap_unordered(_walk, ids), total=len(ids), desc="walk_threshold"):
+        for img_id, maps, keys in progress(pool.imap_unordered(_walk, ids), total=len(ids), desc="walk_threshold"):
             gt = layout.read_mask(img_id)
             sweep.update(maps, keys, gt)
             at_setting.update(maps, keys, gt)

@@ -1,8 +1,9 @@
 """`wsss ... dry_run=true`: what a run would do, computing nothing.
 
 Per selected stage: whether it would be reused from the store, resumed (a stored output begun but not sealed;
-for the per-image stages, with the images still to do), computed, or skipped (not needed for this config); on how many images; and where its output lives. Nothing is
-written: no artifact, no synthetic dataset (its images are counted from the generator's settings), no W&B run.
+for the per-image stages, with the images still to do), computed, or skipped (not needed for this config); on
+how many images; and where its output lives. Nothing is written: no artifact, no synthetic dataset (its images
+are counted from the generator's settings), no W&B run.
 """
 from __future__ import annotations
 

@@ -28,11 +28,12 @@ def build_trainer(cfg, out_dir: Path, stage: str, **kwargs) -> L.Trainer:
     elif cfg.logger.get("_target_"):
         logger = instantiate(cfg.logger, name=stage)
     kwargs.setdefault("enable_checkpointing", False)
-    kwargs["callbacks"] = [*kwargs.get("callbacks", []), CoreShare()]
+    callbacks = [*kwargs.get("callbacks", []), CoreShare()]
     if cfg.get("channels_last"):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), ChannelsLast()]
+        callbacks.append(ChannelsLast())
     if cfg.trainer.get("enable_progress_bar", True) and kwargs.get("enable_progress_bar", True):
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), StageProgressBar(stage)]
+        callbacks.append(StageProgressBar(stage))
+    kwargs["callbacks"] = callbacks
     # frozen-statistics BNs report training=False by design (models/backbones/frozen_bn.py)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     quiet_lightning()

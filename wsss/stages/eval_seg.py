@@ -63,10 +63,15 @@ def predict(model: SegmentationModule, image: np.ndarray, scales, flip: bool) ->
     return (total / (len(scales) * (2 if flip else 1))).float().cpu().numpy()
 
 
+def ids_left(out_dir: Path, split: str, ids) -> list[str]:
+    """Ids whose prediction is not written yet (written atomically: present = complete)."""
+    return [i for i in ids if not pred_file(out_dir, split, i).exists()]
+
+
 def images_left(cfg, out_dir: Path) -> int:
     """Images a resumed run still has to predict (the dry run's count)."""
     split = cfg.seg.eval.split
-    return sum(not pred_file(out_dir, split, i).exists() for i in open_dataset(cfg).ids(split))
+    return len(ids_left(out_dir, split, open_dataset(cfg).ids(split)))
 
 
 def run(cfg, out_dir: Path) -> dict:
@@ -77,7 +82,7 @@ def run(cfg, out_dir: Path) -> dict:
                             SegmentationModule).eval()
     if torch.cuda.is_available():
         model.cuda(distributed.device_index())
-    todo = [i for i in distributed.shard(ids) if not pred_file(out_dir, e.split, i).exists()]
+    todo = ids_left(out_dir, e.split, distributed.shard(ids))
     for img_id in progress(todo, desc=f"eval_seg {e.split}", unit="img"):
         image = load_rgb(layout.image_path(img_id))
         prob = predict(model, image, e.scales, e.flip)

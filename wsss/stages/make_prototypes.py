@@ -66,8 +66,13 @@ def image_features(model, image: np.ndarray, keys: np.ndarray, scales, norm) -> 
     return feats, cams
 
 
+def ids_left(out_dir: Path, ids) -> list[str]:
+    """Ids whose features are not written yet (written atomically: present = complete)."""
+    return [i for i in ids if not feature_file(out_dir, i).exists()]
+
+
 def write_features(cfg, layout, model, ids, out_dir: Path) -> None:
-    todo = [i for i in ids if not feature_file(out_dir, i).exists()]
+    todo = ids_left(out_dir, ids)
     for img_id in progress(todo, desc="make_prototypes: features", unit="img"):
         keys = np.nonzero(layout.labels(img_id))[0]
         feats, cams = image_features(model, load_rgb(layout.image_path(img_id)), keys, cfg.cam.scales,
@@ -102,7 +107,7 @@ def prototype_ids(cfg, layout) -> list[str]:
 
 def images_left(cfg, out_dir: Path) -> int:
     """Images whose features a resumed run still has to compute (the dry run's count)."""
-    return sum(not feature_file(out_dir, i).exists() for i in prototype_ids(cfg, open_dataset(cfg)))
+    return len(ids_left(out_dir, prototype_ids(cfg, open_dataset(cfg))))
 
 
 def run(cfg, out_dir: Path) -> dict:

@@ -96,9 +96,14 @@ def thresholds(cfg, layout, seeds: Path, r=None) -> tuple[float, float, float]:
     return tau, float(np.clip(fg, 0, 1)), float(np.clip(bg, 0, 1))
 
 
+def ids_left(out_dir: Path, ids) -> list[str]:
+    """Ids whose label is not written yet (written atomically: present = complete)."""
+    return [i for i in ids if not label_file(out_dir, i).exists()]
+
+
 def images_left(cfg, out_dir: Path) -> int:
     """Images whose labels a resumed run still has to make (the dry run's count)."""
-    return sum(not label_file(out_dir, i).exists() for i in open_dataset(cfg).ids_of(cfg.pseudo.splits))
+    return len(ids_left(out_dir, open_dataset(cfg).ids_of(cfg.pseudo.splits)))
 
 
 def run(cfg, out_dir: Path) -> dict:
@@ -108,7 +113,7 @@ def run(cfg, out_dir: Path) -> dict:
     tau, fg, bg = thresholds(cfg, layout, seeds)
     ids = layout.ids_of(p.splits)
     tasks = [Task(i, seed_file(seeds, i), layout.image_path(i), label_file(out_dir, i))
-             for i in distributed.shard(ids) if not label_file(out_dir, i).exists()]
+             for i in ids_left(out_dir, distributed.shard(ids))]
     how = refinement(cfg, tau, fg, bg)
     workers = 1 if how.device != "cpu" else distributed.worker_share(cfg.refine.workers)
     ranks = f", rank {distributed.rank()} of {distributed.world_size()}" if distributed.world_size() > 1 else ""
